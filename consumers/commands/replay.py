@@ -1,0 +1,138 @@
+"""``streamlearn replay``: run the prequential pipeline over logged event files, no Kafka needed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+from consumers.commands.common import add_config_arguments, config_from_args, positive_int, write_json
+from consumers.file_dead_letter import FileDeadLetterSink
+from consumers.file_source import FileSource
+from consumers.progress import Progress, format_summary
+from pipeline.config import config_hash
+from pipeline.runner import Runner
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="replay event files (JSONL, JSONL.gz, Parquet, CSV) through the learners",
+        description="Replay logged events through every configured learner, prequentially (predict, "
+        "evaluate, then learn), and print windowed metrics per learner. With --state-dir the run "
+        "snapshots its state and resumes from the newest valid snapshot after a stop or crash.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, directories or glob patterns")
+    add_config_arguments(p)
+    p.add_argument(
+        "--dead-letter",
+        metavar="FILE",
+        help="JSONL file for invalid records (default: config dead_letter.path)",
+    )
+    p.add_argument(
+        "--format", choices=("auto", "jsonl", "parquet", "csv"), help="input format (default: by file suffix)"
+    )
+    p.add_argument("--limit", type=positive_int, metavar="N", help="stop after N records")
+    p.add_argument("--start-at", type=positive_int, default=0, metavar="N", help="skip the first N records")
+    p.add_argument("--state-dir", metavar="DIR", help="snapshot state here and resume from it")
+    p.add_argument(
+        "--snapshot-every", type=positive_int, metavar="N", help="snapshot every N events (with --state-dir)"
+    )
+    p.add_argument("--summary-json", metavar="FILE", help="also write the closing summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="do not print the progress line")
+    p.set_defaults(func=run)
+
+
+def _progress_extra(runner: Runner) -> str:
+    parts = []
+    for name, wm in runner.metrics.items():
+        if wm.seen:
+            auc = wm.get()["auc"]
+            parts.append(f"AUC {name} {auc:.3f}" if auc == auc else f"AUC {name} n/a")
+    return ", ".join(parts[:3])
+
+
+def run(args: argparse.Namespace) -> int:
+    extra: dict = {}
+    if args.format:
+        extra["source"] = {"format": args.format}
+    if args.state_dir:
+        extra["snapshot"] = {"dir": args.state_dir}
+        if args.snapshot_every is not None:
+            extra["snapshot"]["every_events"] = args.snapshot_every
+    config = config_from_args(args, extra)
+    source = FileSource(args.paths, config.source.batch_size, config.source.format, args.start_at)
+    sink = FileDeadLetterSink(args.dead_letter or config.dead_letter.path)
+    runner = Runner.from_config(config, dead_letters=sink)
+    checkpointer = None
+    if config.snapshot.dir:
+        checkpointer = _open_checkpointer(config, runner, source)
+
+    stop = {"signal": None}
+
+    def _stop(signum, frame):
+        stop["signal"] = signum
+
+    old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    if checkpointer is not None and hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, lambda s, f: checkpointer.request())
+    progress = Progress(enabled=config.source.progress and not args.no_progress)
+    started = time.perf_counter()
+    read = 0
+    try:
+        for raw in source:
+            result = runner.process(raw)
+            read += result.records
+            c = runner.counters
+            where = f"{os.path.basename(source.current_file or '')} #{result.positions.get(source.current_file, 0):,}"
+            progress.update(c["records"], c["applied"], c["dead_letters"], where, _progress_extra(runner))
+            if stop["signal"] is not None or (args.limit is not None and read >= args.limit):
+                break
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        progress.close()
+        if checkpointer is not None:
+            checkpointer.final(runner)
+            checkpointer.close()
+        sink.close()
+    summary = runner.summary(time.perf_counter() - started)
+    summary["records_this_run"] = read
+    summary["positions"] = runner.positions
+    print(format_summary(summary))
+    if sink.written:
+        print(f"\ndead letters written to {sink.path}")
+    if args.summary_json:
+        write_json(args.summary_json, summary)
+    if stop["signal"] is not None:
+        print(f"stopped by signal {signal.Signals(stop['signal']).name}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _open_checkpointer(config, runner: Runner, source: FileSource):
+    from state.checkpoint import Checkpointer
+    from state.snapshot import SnapshotStore
+
+    snap = config.snapshot
+    store = SnapshotStore(snap.dir, keep=snap.keep)
+    checkpointer = Checkpointer(
+        store,
+        config_hash(config),
+        every_events=snap.every_events,
+        every_seconds=snap.every_seconds,
+        background=snap.background,
+    )
+    manifest = checkpointer.restore(runner)
+    if manifest is not None:
+        source.seek(runner.positions)
+        print(
+            f"resumed from snapshot {manifest['seq']} ({runner.counters['applied']:,} events applied)",
+            file=sys.stderr,
+        )
+    runner.observers.append(checkpointer)
+    return checkpointer

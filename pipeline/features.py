@@ -1,0 +1,246 @@
+"""Featurisation (DESIGN §4): stable hashing of ids and categorical features, numeric features.
+
+An :class:`EventBatch` becomes a :class:`FeatureBatch`: a CSR matrix of hashed feature keys
+(uint64, see :mod:`pipeline.hashing`) and values, plus the id hashes and columns that learners
+need. Every row holds a bias feature, ``user_id``, ``item_id``, each categorical feature as
+``name=value`` (value 1), each numeric feature under its name (value x, optionally standardised
+online), and the configured crosses. Learners map keys into their own table size with
+``keys & (2**bits - 1)``.
+
+Examples
+--------
+>>> from pipeline.events import decode_json, EventRules
+>>> events, _ = decode_json([b'{"event_id":"e","ts":1,"user_id":"u","item_id":"i","label":1,'
+...                          b'"features":{"device":"ios","price":2.5}}'], EventRules())
+>>> fb = Featurizer(FeatureSpec()).transform(events)
+>>> fb.indptr.tolist(), fb.values.tolist()
+([0, 5], [1.0, 1.0, 1.0, 1.0, 2.5])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.events import EventBatch
+from pipeline.hashing import combine, hash_one, hash_strings
+
+__all__ = ["BIAS_KEY", "FeatureBatch", "FeatureSpec", "Featurizer"]
+
+BIAS_KEY = np.uint64(hash_one("bias", namespace="__bias__"))
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How events become features.
+
+    Parameters
+    ----------
+    crosses
+        Pairs of field names to cross, e.g. ``(("user_id", "device"),)``; a field is ``user_id``,
+        ``item_id``, ``event_type``, ``position`` or a categorical feature's name.
+    standardize
+        Standardise numeric features with running mean and variance (Welford, per name).
+    exclude
+        Feature names to ignore (e.g. ones that leak the label).
+    """
+
+    crosses: tuple[tuple[str, str], ...] = ()
+    standardize: bool = True
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FeatureBatch:
+    """Features of a micro-batch, row-aligned with ``events``.
+
+    ``keys[indptr[r]:indptr[r+1]]`` and ``values[...]`` are row r's hashed features.
+    """
+
+    events: EventBatch
+    indptr: np.ndarray
+    keys: np.ndarray
+    values: np.ndarray
+    user_hash: np.ndarray
+    item_hash: np.ndarray
+    numeric: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.events.label
+
+    @property
+    def row_of_nnz(self) -> np.ndarray:
+        """Row index of every stored feature (length ``nnz``)."""
+        return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.indptr))
+
+    def slots(self, bits: int) -> np.ndarray:
+        """Feature keys folded into a table of ``2**bits`` slots (int64)."""
+        return (self.keys & np.uint64((1 << bits) - 1)).astype(np.int64)
+
+
+class _Welford:
+    """Running mean/variance per numeric feature name, updated a batch at a time."""
+
+    def __init__(self):
+        self.stats: dict[str, list[float]] = {}  # name -> [count, mean, M2]
+
+    def update(self, name: str, x: np.ndarray) -> None:
+        c, m, m2 = self.stats.get(name, (0.0, 0.0, 0.0))
+        nb = float(len(x))
+        if nb == 0:
+            return
+        mb = float(x.mean())
+        m2b = float(((x - mb) ** 2).sum())
+        tot = c + nb
+        delta = mb - m
+        self.stats[name] = [tot, m + delta * nb / tot, m2 + m2b + delta * delta * c * nb / tot]
+
+    def scale(self, name: str, x: np.ndarray) -> np.ndarray:
+        c, m, m2 = self.stats.get(name, (0.0, 0.0, 0.0))
+        if c < 2:
+            return x - m
+        sd = (m2 / (c - 1)) ** 0.5
+        return (x - m) / sd if sd > 0 else x - m
+
+
+class Featurizer:
+    """Turns events into hashed sparse features; its only state is the numeric standardisation.
+
+    Standardisation uses the statistics *before* the batch (prequential), then absorbs the batch.
+    """
+
+    def __init__(self, spec: FeatureSpec | None = None):
+        self.spec = spec or FeatureSpec()
+        self._welford = _Welford()
+
+    # -- state ----------------------------------------------------------------------------------
+    def state(self) -> pa.Table:
+        names = sorted(self._welford.stats)
+        st = [self._welford.stats[n] for n in names]
+        return pa.table(
+            {
+                "name": pa.array(names, pa.string()),
+                "count": pa.array([s[0] for s in st], pa.float64()),
+                "mean": pa.array([s[1] for s in st], pa.float64()),
+                "m2": pa.array([s[2] for s in st], pa.float64()),
+            }
+        )
+
+    def load_state(self, table: pa.Table) -> None:
+        d = table.to_pydict()
+        self._welford.stats = {
+            n: [c, m, m2] for n, c, m, m2 in zip(d["name"], d["count"], d["mean"], d["m2"])
+        }
+
+    # -- transform --------------------------------------------------------------------------------
+    def transform(self, events: EventBatch) -> FeatureBatch:
+        n = len(events)
+        user = hash_strings(events.column("user_id"), "user_id")
+        item = hash_strings(events.column("item_id"), "item_id")
+        parts_rows: list[np.ndarray] = []
+        parts_keys: list[np.ndarray] = []
+        parts_vals: list[np.ndarray] = []
+        rows = np.arange(n, dtype=np.int64)
+        ones = np.ones(n, dtype=np.float32)
+        for keys in (np.full(n, BIAS_KEY, dtype=np.uint64), user, item):
+            parts_rows.append(rows)
+            parts_keys.append(keys)
+            parts_vals.append(ones)
+        cat_rows, cat_names, cat_keys = self._categorical(events)
+        parts_rows.append(cat_rows)
+        parts_keys.append(cat_keys)
+        parts_vals.append(np.ones(len(cat_rows), np.float32))
+        numeric = self._numeric(events, parts_rows, parts_keys, parts_vals)
+        for a, b in self.spec.crosses:
+            r, k = self._cross(events, a, b, user, item, cat_rows, cat_names, cat_keys)
+            parts_rows.append(r)
+            parts_keys.append(k)
+            parts_vals.append(np.ones(len(r), np.float32))
+        all_rows = np.concatenate(parts_rows)
+        order = np.argsort(all_rows, kind="stable")
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(all_rows, minlength=n), out=indptr[1:])
+        return FeatureBatch(
+            events=events,
+            indptr=indptr,
+            keys=np.concatenate(parts_keys)[order],
+            values=np.concatenate(parts_vals)[order],
+            user_hash=user,
+            item_hash=item,
+            numeric=numeric,
+        )
+
+    def _categorical(self, events: EventBatch):
+        col = events.column("cat_features")
+        offsets = np.asarray(col.offsets, dtype=np.int64)
+        rows = np.repeat(np.arange(len(events), dtype=np.int64), np.diff(offsets))
+        names = col.keys
+        values = col.items
+        if self.spec.exclude and len(names):
+            import pyarrow.compute as pc
+
+            keep = np.asarray(pc.invert(pc.is_in(names, value_set=pa.array(list(self.spec.exclude)))))
+            rows, names, values = rows[keep], names.filter(pa.array(keep)), values.filter(pa.array(keep))
+        name_h = hash_strings(names, "feature")
+        # the value hash is namespaced by the feature name: combine(name, value)
+        keys = combine(name_h, hash_strings(values, "value"))
+        return rows, name_h, keys
+
+    def _numeric(self, events, parts_rows, parts_keys, parts_vals) -> dict[str, np.ndarray]:
+        col = events.column("num_features")
+        offsets = np.asarray(col.offsets, dtype=np.int64)
+        n = len(events)
+        out: dict[str, np.ndarray] = {}
+        if len(col.keys) == 0:
+            return out
+        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+        names = np.asarray(col.keys.to_numpy(zero_copy_only=False), dtype=object)
+        vals = col.items.to_numpy(zero_copy_only=False).astype(np.float64)
+        for name in sorted(set(names.tolist()) - set(self.spec.exclude)):
+            sel = names == name
+            x = vals[sel]
+            dense = np.full(n, np.nan)
+            dense[rows[sel]] = x
+            out[name] = dense
+            scaled = self._welford.scale(name, x) if self.spec.standardize else x
+            if self.spec.standardize:
+                self._welford.update(name, x)
+            parts_rows.append(rows[sel])
+            parts_keys.append(np.full(int(sel.sum()), np.uint64(hash_one(name, "numeric")), np.uint64))
+            parts_vals.append(np.clip(scaled, -1e6, 1e6).astype(np.float32))
+        return out
+
+    def _field_hash(self, events, name, user, item, cat_rows, cat_names, cat_keys):
+        """(rows, hashes) of a single-valued field, for crosses."""
+        n = len(events)
+        if name == "user_id":
+            return np.arange(n), user
+        if name == "item_id":
+            return np.arange(n), item
+        if name in ("event_type", "request_id"):
+            col = events.column(name)
+            valid = np.asarray(col.is_valid())
+            return np.flatnonzero(valid), hash_strings(col, name)[valid]
+        if name == "position":
+            valid = events.position >= 0
+            return np.flatnonzero(valid), events.position[valid].astype(np.uint64)
+        sel = cat_names == np.uint64(hash_one(name, "feature"))
+        return cat_rows[sel], cat_keys[sel]
+
+    def _cross(self, events, a, b, user, item, cat_rows, cat_names, cat_keys):
+        ra, ha = self._field_hash(events, a, user, item, cat_rows, cat_names, cat_keys)
+        rb, hb = self._field_hash(events, b, user, item, cat_rows, cat_names, cat_keys)
+        n = len(events)
+        ma = np.full(n, -1, np.int64)
+        ma[ra] = np.arange(len(ra))
+        mb = np.full(n, -1, np.int64)
+        mb[rb] = np.arange(len(rb))
+        both = np.flatnonzero((ma >= 0) & (mb >= 0))
+        salt = np.uint64(hash_one(f"{a}\x1f{b}", "cross"))
+        return both, combine(combine(np.full(len(both), salt, np.uint64), ha[ma[both]]), hb[mb[both]])

@@ -1,0 +1,294 @@
+"""The prequential loop (DESIGN §4): decode → validate → featurise → for each learner predict,
+evaluate, then learn — one micro-batch at a time, identically for replays and live Kafka.
+
+The runner owns no I/O: raw batches come from a source, invalid records go to a dead-letter
+sink, and everything else that watches the stream (Prometheus metrics, drift detectors, the
+checkpointer) is an observer called after each batch.
+
+Examples
+--------
+>>> from pipeline.config import load_config
+>>> runner = Runner.from_config(load_config())
+>>> raw = RawBatch(values=[b'{"event_id":"e1","ts":1,"user_id":"u","item_id":"i","label":1}', b'oops'],
+...                positions={"demo.jsonl": 2})
+>>> result = runner.process(raw)
+>>> result.applied, [d.reason for d in result.dead_letters], runner.positions
+(1, ['malformed_json'], {'demo.jsonl': 2})
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.config import Config
+from pipeline.dedup import Deduplicator, LatenessTracker
+from pipeline.evaluation import WindowedMetrics
+from pipeline.events import DeadLetter, EventBatch, EventRules, attach_origins, decode_arrow, decode_json
+from pipeline.features import FeatureBatch, FeatureSpec, Featurizer
+from pipeline.learners.base import Learner, StateBundle
+from pipeline.learners.registry import build_learner
+
+__all__ = ["BatchResult", "DeadLetterSink", "RawBatch", "Runner", "RunnerObserver"]
+
+
+@dataclass
+class RawBatch:
+    """Records as a source delivers them, before any validation.
+
+    Exactly one of ``values`` (JSON bytes per record) or ``arrow`` (a columnar batch) is set.
+    ``positions`` are the source positions *after* this batch (``"topic:partition" -> next
+    offset`` or ``"<file>" -> next row``); ``origin(i)`` describes record i for dead letters.
+    """
+
+    values: Sequence[bytes] | None = None
+    arrow: pa.RecordBatch | None = None
+    positions: dict[str, int] = field(default_factory=dict)
+    origin: Callable[[int], dict] | None = None
+    received_ms: int | None = None
+
+    def __len__(self) -> int:
+        return (
+            len(self.values)
+            if self.values is not None
+            else (self.arrow.num_rows if self.arrow is not None else 0)
+        )
+
+
+class DeadLetterSink(Protocol):
+    def write(self, dead_letters: list[DeadLetter]) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+@dataclass
+class BatchResult:
+    """What one micro-batch did; handed to every observer."""
+
+    records: int
+    applied: int
+    duplicates: int
+    late: int
+    dead_letters: list[DeadLetter]
+    events: EventBatch
+    features: FeatureBatch | None
+    predictions: dict[str, np.ndarray]
+    durations: dict[str, float]
+    positions: dict[str, int]
+    applied_at_ms: int
+
+
+class RunnerObserver(Protocol):
+    def on_batch(self, runner: Runner, result: BatchResult) -> None: ...
+
+
+class Runner:
+    """Drives learners over micro-batches, prequentially.
+
+    Parameters
+    ----------
+    learners
+        The models; each sees every valid event once, predict before learn.
+    rules, feature_spec
+        Event validation rules and featurisation.
+    dead_letters
+        Sink for invalid records (``None`` drops them after counting — only for benchmarks).
+    window, report_every
+        Windowed-metric size and how often (in events) a row of metric history is recorded.
+    dedup_window, allowed_lateness_ms
+        Event-id deduplication window and lateness threshold.
+    """
+
+    def __init__(
+        self,
+        learners: Sequence[Learner],
+        rules: EventRules | None = None,
+        feature_spec: FeatureSpec | None = None,
+        dead_letters: DeadLetterSink | None = None,
+        window: int = 10_000,
+        report_every: int = 10_000,
+        dedup_window: int = 100_000,
+        allowed_lateness_ms: int = 3_600_000,
+        observers: Iterable[RunnerObserver] = (),
+    ):
+        names = [lr.name for lr in learners]
+        if len(set(names)) != len(names):
+            raise ValueError(f"learner names must be unique, got {names}")
+        self.learners = list(learners)
+        self.rules = rules or EventRules()
+        self.featurizer = Featurizer(feature_spec)
+        self.dead_letters = dead_letters
+        self.report_every = report_every
+        self.metrics = {lr.name: WindowedMetrics(window) for lr in self.learners}
+        self.dedup = Deduplicator(dedup_window)
+        self.lateness = LatenessTracker(allowed_lateness_ms)
+        self.observers: list[RunnerObserver] = list(observers)
+        self.positions: dict[str, int] = {}
+        self.counters: dict[str, int] = {
+            "records": 0,
+            "applied": 0,
+            "duplicates": 0,
+            "late": 0,
+            "dead_letters": 0,
+        }
+        self.dead_by_reason: dict[str, int] = {}
+        self.history: list[dict[str, Any]] = []  # metric rows since the last snapshot
+        self._next_report = report_every
+
+    @classmethod
+    def from_config(cls, config: Config, dead_letters: DeadLetterSink | None = None, **kwargs) -> Runner:
+        learners = [build_learner(s.kind, s.label, dict(s.params)) for s in config.learners]
+        ev = config.events
+        return cls(
+            learners,
+            rules=EventRules(ev.max_record_bytes, tuple(ev.event_types), ev.max_features),
+            feature_spec=FeatureSpec(
+                config.features.crosses, config.features.standardize, config.features.exclude
+            ),
+            dead_letters=dead_letters,
+            window=config.evaluation.window,
+            report_every=config.evaluation.report_every,
+            dedup_window=ev.dedup_window,
+            allowed_lateness_ms=ev.allowed_lateness_ms,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------------------ the loop
+    def process(self, raw: RawBatch) -> BatchResult:
+        """Run one micro-batch through validation, every learner, metrics and observers."""
+        t0 = time.perf_counter()
+        durations: dict[str, float] = {}
+        if raw.arrow is not None:
+            events, dead = decode_arrow(raw.arrow, self.rules)
+        else:
+            events, dead = decode_json(raw.values or [], self.rules)
+        if dead:
+            dead = attach_origins(dead, raw.origin or (lambda i: {"index": i}))
+            if self.dead_letters is not None:
+                self.dead_letters.write(dead)
+            for d in dead:
+                self.dead_by_reason[d.reason] = self.dead_by_reason.get(d.reason, 0) + 1
+        keep = self.dedup.filter(events.column("event_id"))
+        duplicates = int(len(keep) - keep.sum())
+        if duplicates:
+            events = events.take(np.flatnonzero(keep))
+        late = self.lateness.update(events.ts)
+        t1 = time.perf_counter()
+        durations["decode"] = t1 - t0
+        features = self.featurizer.transform(events) if len(events) else None
+        t2 = time.perf_counter()
+        durations["features"] = t2 - t1
+        predictions: dict[str, np.ndarray] = {}
+        if features is not None:
+            labels = features.labels
+            for learner in self.learners:
+                ts = time.perf_counter()
+                p = learner.predict(features)
+                self.metrics[learner.name].update(p, labels)
+                learner.learn(features, p)
+                predictions[learner.name] = p
+                durations[f"learn:{learner.name}"] = time.perf_counter() - ts
+        self.positions.update(raw.positions)
+        c = self.counters
+        c["records"] += len(raw)
+        c["applied"] += len(events)
+        c["duplicates"] += duplicates
+        c["late"] += late
+        c["dead_letters"] += len(dead)
+        if c["applied"] >= self._next_report and len(events):
+            self._record_history(int(events.ts.max()))
+            self._next_report = (c["applied"] // self.report_every + 1) * self.report_every
+        durations["total"] = time.perf_counter() - t0
+        result = BatchResult(
+            records=len(raw),
+            applied=len(events),
+            duplicates=duplicates,
+            late=late,
+            dead_letters=dead,
+            events=events,
+            features=features,
+            predictions=predictions,
+            durations=durations,
+            positions=dict(self.positions),
+            applied_at_ms=int(time.time() * 1000),
+        )
+        for obs in self.observers:
+            obs.on_batch(self, result)
+        return result
+
+    def run(self, batches: Iterable[RawBatch], limit: int | None = None, on_batch=None) -> dict[str, Any]:
+        """Process batches until the source ends or ``limit`` records were read; returns :meth:`summary`."""
+        started = time.perf_counter()
+        read = 0
+        for raw in batches:
+            result = self.process(raw)
+            read += result.records
+            if on_batch is not None:
+                on_batch(result)
+            if limit is not None and read >= limit:
+                break
+        return self.summary(time.perf_counter() - started)
+
+    def _record_history(self, event_ts_ms: int) -> None:
+        for name, wm in self.metrics.items():
+            row = {"events": self.counters["applied"], "event_ts_ms": event_ts_ms, "learner": name}
+            row.update(wm.get())
+            self.history.append(row)
+
+    def take_history(self) -> list[dict[str, Any]]:
+        """Metric rows recorded since the last call (the snapshot writer drains them)."""
+        rows, self.history = self.history, []
+        return rows
+
+    def summary(self, seconds: float | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.counters)
+        out["dead_letters_by_reason"] = dict(sorted(self.dead_by_reason.items()))
+        if seconds is not None:
+            out["seconds"] = seconds
+            out["events_per_second"] = self.counters["records"] / seconds if seconds > 0 else float("nan")
+        out["learners"] = {name: wm.get() for name, wm in self.metrics.items()}
+        return out
+
+    # ------------------------------------------------------------------------------ state
+    def state(self) -> dict[str, StateBundle]:
+        """Everything needed to resume: the runner's own bundle under ``"_runner"`` plus one per learner."""
+        tables = {"features": self.featurizer.state()}
+        for name, wm in self.metrics.items():
+            tables[f"window.{name}"] = wm.state()
+        meta = {
+            "positions": dict(self.positions),
+            "counters": dict(self.counters),
+            "dead_by_reason": dict(self.dead_by_reason),
+            "max_ts": self.lateness.max_ts,
+            "next_report": self._next_report,
+            "window_seen": {n: wm.seen for n, wm in self.metrics.items()},
+        }
+        bundles = {"_runner": StateBundle(tables=tables, arrays={"dedup": self.dedup.state()}, meta=meta)}
+        for learner in self.learners:
+            bundles[learner.name] = learner.state()
+        return bundles
+
+    def load_state(self, bundles: dict[str, StateBundle]) -> None:
+        missing = [lr.name for lr in self.learners if lr.name not in bundles]
+        if missing or "_runner" not in bundles:
+            raise ValueError(f"snapshot lacks state for {missing or ['_runner']}; saved: {sorted(bundles)}")
+        own = bundles["_runner"]
+        self.featurizer.load_state(own.tables["features"])
+        self.dedup.load_state(own.arrays["dedup"])
+        meta = own.meta
+        self.positions = {k: int(v) for k, v in meta["positions"].items()}
+        self.counters.update({k: int(v) for k, v in meta["counters"].items()})
+        self.dead_by_reason = {k: int(v) for k, v in meta["dead_by_reason"].items()}
+        self.lateness.max_ts = meta["max_ts"]
+        self._next_report = int(meta["next_report"])
+        for name, wm in self.metrics.items():
+            key = f"window.{name}"
+            if key in own.tables:
+                wm.load_state(own.tables[key], int(meta["window_seen"].get(name, 0)))
+        for learner in self.learners:
+            learner.load_state(bundles[learner.name])

@@ -1,0 +1,253 @@
+"""Decoding and validation: every bad input gets its reason, and nothing valid is lost."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pytest
+
+from pipeline.events import EventRules, decode_arrow, decode_json
+
+RULES = EventRules(max_record_bytes=2048)
+GOOD = {
+    "event_id": "e1",
+    "ts": 1_700_000_000_000,
+    "user_id": "u1",
+    "item_id": "i1",
+    "label": 1,
+    "event_type": "click",
+    "position": 2,
+    "propensity": 0.25,
+    "request_id": "r1",
+    "features": {"device": "ios", "price": 9.5},
+}
+
+
+def _with(**changes) -> bytes:
+    rec = dict(GOOD)
+    for k, v in changes.items():
+        if v is _DROP:
+            rec.pop(k)
+        else:
+            rec[k] = v
+    return orjson.dumps(rec)
+
+
+_DROP = object()
+
+BAD_RECORDS = [
+    ("malformed_json", b'{"event_id": "e1", "ts": 17', "invalid JSON"),
+    ("truncated_last_line", b'{"event_id": "e1", "ts": 1700000000000, "user_id": "u1", "ite', "invalid JSON"),
+    ("empty_line", b"", "empty record"),
+    ("blank_line", b"   ", "empty record"),
+    ("not_utf8", b'{"event_id": "\xff\xfe"}', "not valid UTF-8"),
+    ("json_array", b"[1, 2]", "must be a JSON object, got list"),
+    ("json_string", b'"hello"', "must be a JSON object, got str"),
+    ("missing_event_id", _with(event_id=_DROP), "missing required field 'event_id'"),
+    ("missing_user_id", _with(user_id=_DROP), "missing required field 'user_id'"),
+    ("missing_item_id", _with(item_id=_DROP), "missing required field 'item_id'"),
+    ("missing_label", _with(label=_DROP), "missing required field 'label'"),
+    ("missing_ts", _with(ts=_DROP), "missing required field 'ts'"),
+    ("null_user_id", _with(user_id=None), "missing required field 'user_id'"),
+    ("int_user_id", _with(user_id=42), "field 'user_id' must be a string, got int"),
+    ("string_label", _with(label="1"), "field 'label' must be a number, got str"),
+    ("bool_label", _with(label=True), "field 'label' must be a number, got bool"),
+    ("nan_label", _with(label=_DROP)[:-1] + b',"label":NaN}', "field 'label' must be finite, got nan"),
+    ("inf_label", _with(label=_DROP)[:-1] + b',"label":Infinity}', "field 'label' must be finite, got inf"),
+    ("propensity_zero", _with(propensity=0), "field 'propensity' must be in (0, 1], got 0.0"),
+    ("propensity_above_one", _with(propensity=1.5), "field 'propensity' must be in (0, 1], got 1.5"),
+    ("propensity_negative", _with(propensity=-0.1), "must be in (0, 1]"),
+    ("propensity_string", _with(propensity="0.5"), "field 'propensity' must be a number, got str"),
+    (
+        "propensity_nan",
+        _with(propensity=_DROP)[:-1] + b',"propensity":NaN}',
+        "field 'propensity' must be finite",
+    ),
+    ("position_negative", _with(position=-1), "field 'position' must be >= 0, got -1"),
+    ("position_float", _with(position=1.5), "field 'position' must be an integer, got float"),
+    ("ts_date_only", _with(ts="2024-01-01"), "RFC 3339 string with offset; got '2024-01-01'"),
+    ("ts_no_offset", _with(ts="2024-01-01T10:00:00"), "RFC 3339"),
+    ("ts_garbage", _with(ts="yesterday"), "got 'yesterday'"),
+    ("ts_float", _with(ts=1.7e12), "got float"),
+    ("ts_negative", _with(ts=-5), "got negative -5"),
+    ("ts_bool", _with(ts=True), "got bool"),
+    ("unknown_event_type", _with(event_type="teleport"), "unknown event_type 'teleport'"),
+    ("event_type_number", _with(event_type=3), "field 'event_type' must be a string, got int"),
+    ("features_list", _with(features=[1, 2]), "field 'features' must be an object, got list"),
+    ("feature_bool", _with(features={"vip": True}), "feature 'vip' must be a string or a number, got bool"),
+    ("feature_null", _with(features={"vip": None}), "feature 'vip' must be a string or a number, got null"),
+    (
+        "feature_nested",
+        _with(features={"geo": {"lat": 1}}),
+        "feature 'geo' must be a string or a number, got dict",
+    ),
+    (
+        "feature_nan",
+        _with(features=_DROP)[:-1] + b',"features":{"price":NaN}}',
+        "feature 'price' must be finite",
+    ),
+    ("oversized", _with(request_id="x" * 5000), "exceeds the limit of 2048"),
+]
+REASON_OF = {
+    "malformed_json": "malformed_json",
+    "truncated_last_line": "malformed_json",
+    "empty_line": "empty_record",
+    "blank_line": "empty_record",
+    "not_utf8": "not_utf8",
+    "json_array": "not_an_object",
+    "json_string": "not_an_object",
+    "int_user_id": "wrong_type",
+    "string_label": "wrong_type",
+    "bool_label": "wrong_type",
+    "nan_label": "non_finite",
+    "inf_label": "non_finite",
+    "propensity_nan": "non_finite",
+    "propensity_string": "wrong_type",
+    "position_float": "wrong_type",
+    "event_type_number": "wrong_type",
+    "features_list": "wrong_type",
+    "feature_bool": "wrong_type",
+    "feature_null": "wrong_type",
+    "feature_nested": "wrong_type",
+    "feature_nan": "non_finite",
+    "unknown_event_type": "unknown_event_type",
+    "oversized": "oversized",
+}
+
+
+def _expected_reason(case: str) -> str:
+    if case in REASON_OF:
+        return REASON_OF[case]
+    if case.startswith(("missing_", "null_")):
+        return "missing_field"
+    if case.startswith("ts_"):
+        return "bad_timestamp"
+    return "out_of_range"
+
+
+@pytest.mark.parametrize(("case", "record", "detail"), BAD_RECORDS, ids=[c[0] for c in BAD_RECORDS])
+def test_decode_json_bad_record_is_dead_lettered_with_reason(case, record, detail):
+    good = [_with(event_id="before"), _with(event_id="after")]
+    batch, dead = decode_json([good[0], record, good[1]], RULES)
+    assert [d.index for d in dead] == [1]
+    assert dead[0].reason == _expected_reason(case)
+    assert detail in dead[0].detail
+    assert dead[0].value == record
+    # nothing valid is lost, and order is kept
+    assert batch.strings("event_id") == ["before", "after"]
+    assert batch.row.tolist() == [0, 2]
+
+
+def test_decode_json_valid_record_keeps_every_field():
+    batch, dead = decode_json([_with()], RULES)
+    assert dead == []
+    row = batch.table.to_pylist()[0]
+    assert row["event_id"] == "e1" and row["ts"] == 1_700_000_000_000 and row["label"] == 1.0
+    assert row["position"] == 2 and row["propensity"] == 0.25 and row["request_id"] == "r1"
+    assert row["cat_features"] == [("device", "ios")] and row["num_features"] == [("price", 9.5)]
+
+
+def test_decode_json_rfc3339_timestamps_convert_to_epoch_ms():
+    recs = [_with(ts="2024-01-01T00:00:00Z"), _with(ts="2024-01-01T01:00:00.250+01:00")]
+    batch, dead = decode_json(recs, RULES)
+    assert dead == []
+    assert batch.ts.tolist() == [1_704_067_200_000, 1_704_067_200_250]
+
+
+def test_decode_json_optional_fields_absent_are_null():
+    rec = {k: GOOD[k] for k in ("event_id", "ts", "user_id", "item_id", "label")}
+    batch, dead = decode_json([orjson.dumps(rec)], RULES)
+    assert dead == []
+    assert batch.position.tolist() == [-1]
+    assert math.isnan(batch.propensity[0])
+
+
+def test_decode_json_all_invalid_batch_gives_empty_batch():
+    batch, dead = decode_json([b"x", b"", b"[]"], RULES)
+    assert len(batch) == 0 and len(dead) == 3
+
+
+def test_decode_json_event_types_unrestricted_when_empty():
+    batch, dead = decode_json([_with(event_type="teleport")], EventRules(event_types=()))
+    assert dead == [] and batch.strings("event_type") == ["teleport"]
+
+
+def test_decode_json_mixed_batch_large_keeps_all_valid():
+    rng = np.random.default_rng(0)
+    records, valid = [], []
+    for i in range(3000):
+        if rng.random() < 0.1:
+            records.append(BAD_RECORDS[int(rng.integers(len(BAD_RECORDS)))][1])
+        else:
+            records.append(_with(event_id=f"e{i}"))
+            valid.append(f"e{i}")
+    batch, dead = decode_json(records, RULES)
+    assert batch.strings("event_id") == valid
+    assert len(dead) + len(batch) == len(records)
+
+
+# ------------------------------------------------------------------------------ Arrow path
+
+
+def _arrow(**cols) -> pa.RecordBatch:
+    base = {
+        "event_id": pa.array(["a", "b", "c"]),
+        "ts": pa.array([1, 2, 3], pa.int64()),
+        "user_id": pa.array(["u1", "u2", "u3"]),
+        "item_id": pa.array(["i1", "i2", "i3"]),
+        "label": pa.array([1.0, 0.0, 1.0]),
+    }
+    base.update(cols)
+    base = {k: v for k, v in base.items() if v is not None}
+    return pa.RecordBatch.from_pydict(base)
+
+
+ARROW_CASES = [
+    ("null_user", {"user_id": pa.array(["u1", None, "u3"])}, [1], "missing_field"),
+    ("nan_label", {"label": pa.array([1.0, math.nan, 0.0])}, [1], "non_finite"),
+    ("inf_feature", {"features": pa.array([{"p": 1.0}, {"p": math.inf}, {"p": 2.0}])}, [1], "non_finite"),
+    ("bad_propensity", {"propensity": pa.array([0.5, 0.0, None])}, [1], "out_of_range"),
+    ("negative_position", {"position": pa.array([0, -3, 1])}, [1], "out_of_range"),
+    ("unknown_type", {"event_type": pa.array(["click", "zap", None])}, [1], "unknown_event_type"),
+    ("int_ids", {"item_id": pa.array([1, 2, 3])}, [0, 1, 2], "wrong_type"),
+    ("no_label_column", {"label": None}, [0, 1, 2], "missing_field"),
+    (
+        "bad_ts_string",
+        {"ts": pa.array(["2024-01-01T00:00:00Z", "nope", "2024-01-01T00:00:01Z"])},
+        [1],
+        "bad_timestamp",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "cols", "bad_rows", "reason"), ARROW_CASES, ids=[c[0] for c in ARROW_CASES])
+def test_decode_arrow_bad_rows_are_dead_lettered(case, cols, bad_rows, reason):
+    batch, dead = decode_arrow(_arrow(**cols), RULES)
+    assert [d.index for d in dead] == bad_rows
+    assert {d.reason for d in dead} == {reason}
+    assert batch.row.tolist() == [i for i in range(3) if i not in bad_rows]
+    assert all(orjson.loads(d.value) is not None for d in dead)
+
+
+def test_decode_arrow_struct_features_split_into_categorical_and_numeric():
+    feats = pa.array(
+        [{"device": "ios", "price": 1.5}, {"device": None, "price": 2.0}, {"device": "web", "price": None}]
+    )
+    batch, dead = decode_arrow(_arrow(features=feats), RULES)
+    assert dead == []
+    rows = batch.table.to_pylist()
+    assert [r["cat_features"] for r in rows] == [[("device", "ios")], [], [("device", "web")]]
+    assert [r["num_features"] for r in rows] == [[("price", 1.5)], [("price", 2.0)], []]
+
+
+def test_decode_arrow_matches_decode_json_on_same_events():
+    records = [
+        _with(event_id=f"e{i}", position=i, features={"device": "ios", "price": float(i)}) for i in range(5)
+    ]
+    from_json, _ = decode_json(records, RULES)
+    table = pa.Table.from_pylist([orjson.loads(r) for r in records]).to_batches()[0]
+    from_arrow, _ = decode_arrow(table, RULES)
+    assert from_json.table.equals(from_arrow.table)
