@@ -21,6 +21,7 @@ Examples
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pajson
 
 __all__ = [
     "DEFAULT_EVENT_TYPES",
@@ -402,6 +404,8 @@ def _split_features(f: dict, cat_k, cat_v, num_k, num_v) -> tuple[str, str] | No
         if t is str:
             cat_k.append(k)
             cat_v.append(v)
+        elif v is None:
+            continue  # a null feature is an absent feature (as in Parquet/CSV)
         elif t is int or t is float:
             fv = float(v)
             if not math.isfinite(fv):
@@ -437,6 +441,9 @@ def decode_json(values: Sequence[bytes], rules: EventRules) -> tuple[EventBatch,
         The valid events in input order (``row`` = index in ``values``) and the invalid records,
         with ``origin`` left empty for the caller to fill in.
     """
+    fast = _decode_json_columnar(values, rules)
+    if fast is not None:
+        return fast
     n = len(values)
     inv = _Invalid(n)
     objs = _parse_all(values, inv, rules.max_record_bytes)
@@ -490,6 +497,60 @@ def decode_json(values: Sequence[bytes], rules: EventRules) -> tuple[EventBatch,
         batch = batch.take(pa.array(keep, type=pa.int64()))
     dead = [DeadLetter(i, *inv.found[i], value=bytes(values[i])) for i in sorted(inv.found)]
     return EventBatch(batch), dead
+
+
+_JSON_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("ts", pa.int64()),
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("label", pa.float64()),
+        ("event_type", pa.string()),
+        ("position", pa.int64()),
+        ("propensity", pa.float64()),
+        ("request_id", pa.string()),
+    ]
+)
+
+
+def _decode_json_columnar(values: Sequence[bytes], rules: EventRules):
+    """Fast path: parse the whole batch with Arrow's C++ JSON reader, then validate columns.
+
+    Arrow's reader is strict about types (a string where a number is declared, a bool label, a
+    float timestamp, NaN, duplicate keys, non-UTF-8 all fail the whole block), so any batch it
+    accepts holds exactly the values the row-by-row path would accept; every other batch returns
+    ``None`` and takes the row-by-row path, which names each bad record.
+    """
+    n = len(values)
+    if n == 0:
+        return None
+    for v in values:
+        # blank records vanish in NDJSON and raw newlines split records: both need the slow path
+        if len(v) > rules.max_record_bytes or not v or b"\n" in v or v.isspace():
+            return None
+    data = b"\n".join(values)
+    try:
+        data.decode("utf-8")  # Arrow's reader does not reject invalid UTF-8 inside strings
+    except UnicodeDecodeError:
+        return None
+    try:
+        table = pajson.read_json(
+            io.BytesIO(data),
+            read_options=pajson.ReadOptions(block_size=len(data) + 64, use_threads=False),
+            parse_options=pajson.ParseOptions(
+                explicit_schema=_JSON_SCHEMA, unexpected_field_behavior="infer"
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if table.num_rows != n:
+        return None
+    batch = table.combine_chunks().to_batches()[0] if table.num_rows else None
+    if batch is None:
+        return None
+    events, dead = decode_arrow(batch, rules)
+    return events, [DeadLetter(d.index, d.reason, d.detail, bytes(values[d.index]), d.origin) for d in dead]
 
 
 def _check_position(objs, inv) -> tuple[np.ndarray, np.ndarray]:
@@ -618,7 +679,9 @@ def _struct_to_maps(col: pa.StructArray, n: int, inv: _Invalid) -> tuple[pa.MapA
             num_children.append((f.name, child))
         elif not pa.types.is_null(f.type):
             inv.mark(
-                np.ones(n, bool), WRONG_TYPE, f"feature {f.name!r} must be a string or a number, got {f.type}"
+                np.asarray(child.is_valid()),
+                WRONG_TYPE,
+                f"feature {f.name!r} must be a string or a number, got {_arrow_kind(f.type)}",
             )
     return _children_to_map(cat_children, n, pa.string()), _children_to_map(num_children, n, pa.float64())
 
@@ -657,8 +720,23 @@ def _arrow_features(batch, inv) -> tuple[pa.MapArray, pa.MapArray]:
         objs = [{"features": _as_feature_dict(v)} for v in items]
         (co, ck, cv), (no, nk, nv) = _check_features(objs, inv, EventRules(max_features=1 << 30))
         return _map_array(co, ck, cv, pa.string()), _map_array(no, nk, nv, pa.float64())
-    inv.mark(np.ones(n, bool), WRONG_TYPE, f"field 'features' must be an object, got column type {col.type}")
+    inv.mark(
+        np.asarray(col.is_valid()),
+        WRONG_TYPE,
+        f"field 'features' must be an object, got {_arrow_kind(col.type)}",
+    )
     return empty
+
+
+def _arrow_kind(t: pa.DataType) -> str:
+    """Name an Arrow type the way the JSON path names Python types."""
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_struct(t) or pa.types.is_map(t):
+        return "dict"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return "list"
+    return str(t)
 
 
 def _as_feature_dict(v):

@@ -78,7 +78,6 @@ BAD_RECORDS = [
     ("event_type_number", _with(event_type=3), "field 'event_type' must be a string, got int"),
     ("features_list", _with(features=[1, 2]), "field 'features' must be an object, got list"),
     ("feature_bool", _with(features={"vip": True}), "feature 'vip' must be a string or a number, got bool"),
-    ("feature_null", _with(features={"vip": None}), "feature 'vip' must be a string or a number, got null"),
     (
         "feature_nested",
         _with(features={"geo": {"lat": 1}}),
@@ -110,7 +109,6 @@ REASON_OF = {
     "event_type_number": "wrong_type",
     "features_list": "wrong_type",
     "feature_bool": "wrong_type",
-    "feature_null": "wrong_type",
     "feature_nested": "wrong_type",
     "feature_nan": "non_finite",
     "unknown_event_type": "unknown_event_type",
@@ -139,6 +137,11 @@ def test_decode_json_bad_record_is_dead_lettered_with_reason(case, record, detai
     # nothing valid is lost, and order is kept
     assert batch.strings("event_id") == ["before", "after"]
     assert batch.row.tolist() == [0, 2]
+    # alone in its batch (the columnar fast path must not accept it either)
+    alone, dead_alone = decode_json([record], RULES)
+    assert len(alone) == 0 and [(d.reason, d.detail) for d in dead_alone] == [
+        (dead[0].reason, dead[0].detail)
+    ]
 
 
 def test_decode_json_valid_record_keeps_every_field():
@@ -163,6 +166,23 @@ def test_decode_json_optional_fields_absent_are_null():
     assert dead == []
     assert batch.position.tolist() == [-1]
     assert math.isnan(batch.propensity[0])
+
+
+def test_decode_json_null_feature_is_absent_in_both_paths():
+    batch, dead = decode_json([_with(features={"vip": None, "device": "ios"})], RULES)
+    assert dead == [] and batch.table.to_pylist()[0]["cat_features"] == [("device", "ios")]
+    slow, dead = decode_json([_with(features={"vip": None, "device": "ios"}), b"x"], RULES)
+    assert len(dead) == 1 and slow.table.to_pylist()[0]["cat_features"] == [("device", "ios")]
+
+
+def test_decode_json_fast_and_row_paths_agree_on_valid_batches():
+    records = [
+        _with(event_id=f"e{i}", features={"device": "ios", "price": float(i), "n": i}) for i in range(20)
+    ]
+    fast, _ = decode_json(records, RULES)
+    slow, dead = decode_json([*records, b"x"], RULES)
+    assert len(dead) == 1
+    assert fast.table.equals(slow.table)
 
 
 def test_decode_json_all_invalid_batch_gives_empty_batch():
