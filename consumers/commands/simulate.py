@@ -1,0 +1,235 @@
+"""``streamlearn simulate``: write a synthetic interaction stream to JSONL (optionally gzipped) or Parquet.
+
+The stream comes from :class:`pipeline.simulate.Simulator`; the file format follows the suffix of
+``--out`` (``.jsonl``, ``.jsonl.gz``, ``.parquet``). Gzip output is byte-for-byte reproducible
+(no timestamp or file name in the header), so a seed pins the file.
+
+Example::
+
+    streamlearn simulate --events 100000 --seed 7 --invalid-fraction 0.005 --out examples/stream.jsonl.gz
+
+Without ``--drift`` the default schedule (:func:`pipeline.simulate.default_drifts`) is scaled to
+``--events``; ``--drift none`` gives a stationary stream. The command also runs on its own as
+``python -m consumers.commands.simulate ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipeline.errors import ConfigError
+from pipeline.simulate import SIM_SCHEMA, TRUTH_FIELDS, SimConfig, Simulator, default_drifts, parse_drift
+
+__all__ = ["WriteSummary", "main", "register", "run", "write_stream"]
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz")
+PARQUET_SUFFIXES = (".parquet",)
+
+
+@dataclass(frozen=True)
+class WriteSummary:
+    """What :func:`write_stream` wrote: valid events, injected invalid records, wall time."""
+
+    path: Path
+    events: int
+    invalid: int
+    seconds: float
+
+    @property
+    def records(self) -> int:
+        return self.events + self.invalid
+
+
+def _format_of(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    return None
+
+
+def write_stream(
+    sim: Simulator,
+    path: str | os.PathLike,
+    n_events: int,
+    invalid_fraction: float = 0.0,
+    include_truth: bool = False,
+    chunk_size: int = 10_000,
+) -> WriteSummary:
+    """Write the first ``n_events`` events of ``sim`` to ``path`` (format by suffix), atomically.
+
+    JSONL gets every kind of invalid record; Parquet only type-valid ones (NaN label, bad
+    propensity, unknown event type, null required field, negative position).
+    """
+    path = Path(path)
+    fmt = _format_of(path)
+    if fmt is None:
+        raise ConfigError(
+            f"out must end in one of {', '.join(JSONL_SUFFIXES + PARQUET_SUFFIXES)}, got {str(path)!r}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    start = time.perf_counter()
+    try:
+        if fmt == "parquet":
+            rows = _write_parquet(sim, tmp, n_events, invalid_fraction, include_truth, chunk_size)
+        else:
+            rows = _write_jsonl(
+                sim, tmp, n_events, invalid_fraction, include_truth, path.name.endswith(".gz")
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return WriteSummary(path, n_events, rows - n_events, time.perf_counter() - start)
+
+
+def _write_jsonl(sim, tmp: Path, n_events, invalid_fraction, include_truth, gz: bool) -> int:
+    rows = 0
+    with open(tmp, "wb") as raw:
+        # mtime=0 and no file name in the header keep the .gz reproducible byte for byte
+        out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) if gz else raw
+        try:
+            for chunk in sim.json_chunks(n_events, invalid_fraction, include_truth):
+                out.write(b"\n".join(chunk.lines) + b"\n")
+                rows += len(chunk.lines)
+        finally:
+            if gz:
+                out.close()
+    return rows
+
+
+def _write_parquet(sim, tmp: Path, n_events, invalid_fraction, include_truth, chunk_size) -> int:
+    schema = SIM_SCHEMA.append(TRUTH_FIELDS[0]).append(TRUTH_FIELDS[1]) if include_truth else SIM_SCHEMA
+    rows = 0
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for batch in sim.batches(n_events, chunk_size, include_truth, invalid_fraction):
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def register(subparsers) -> None:
+    """Add the ``simulate`` subcommand (handler: :func:`run`) to an argparse subparsers object."""
+    d = SimConfig()
+    p = subparsers.add_parser(
+        "simulate",
+        help="write a synthetic interaction stream with known drifts",
+        description="Write a seeded synthetic interaction stream (JSONL, JSONL.gz or Parquet by --out suffix).",
+    )
+    p.add_argument("--events", type=int, default=100_000, help="valid events to write (default 100000)")
+    p.add_argument("--out", required=True, help="output file: .jsonl, .jsonl.gz or .parquet")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--users", type=int, default=d.n_users, help=f"number of users (default {d.n_users})")
+    p.add_argument(
+        "--items", type=int, default=d.n_items, help=f"initial number of items (default {d.n_items})"
+    )
+    p.add_argument("--candidates", type=int, default=d.n_candidates, help="candidates per request")
+    p.add_argument("--slate-size", type=int, default=d.slate_size, help="items shown per request (default 1)")
+    p.add_argument(
+        "--drift",
+        action="append",
+        metavar="SPEC",
+        help="kind@event[,span=N][,n=N][,strength=X] with kind in abrupt, gradual, new_items, popularity; "
+        "repeatable; 'none' for no drift (default: 4 drifts scaled to --events)",
+    )
+    p.add_argument("--invalid-fraction", type=float, default=0.0, help="share of injected invalid records")
+    p.add_argument("--late-fraction", type=float, default=0.0, help="share of out-of-order (late) events")
+    p.add_argument("--truth", action="store_true", help="add ground-truth columns p_click and p_best")
+    p.set_defaults(func=run)
+
+
+def _usage_error(message: str) -> int:
+    print(f"streamlearn simulate: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _drifts(args: argparse.Namespace):
+    if not args.drift:
+        return default_drifts(args.events, max(1, args.items // 8)) if args.events >= 10 else ()
+    if [s.strip().lower() for s in args.drift] == ["none"]:
+        return ()
+    return tuple(parse_drift(s) for s in args.drift)
+
+
+def _check_args(args: argparse.Namespace) -> str | None:
+    checks = [
+        (args.events >= 1, f"argument --events: must be >= 1, got {args.events}"),
+        (args.users >= 1, f"argument --users: must be >= 1, got {args.users}"),
+        (args.items >= 1, f"argument --items: must be >= 1, got {args.items}"),
+        (
+            1 <= args.candidates <= args.items,
+            f"argument --candidates: must be in [1, --items], got {args.candidates}",
+        ),
+        (
+            1 <= args.slate_size <= args.candidates,
+            f"argument --slate-size: must be in [1, --candidates], got {args.slate_size}",
+        ),
+        (
+            0.0 <= args.invalid_fraction < 1.0,
+            f"argument --invalid-fraction: must be in [0, 1), got {args.invalid_fraction}",
+        ),
+        (
+            0.0 <= args.late_fraction <= 1.0,
+            f"argument --late-fraction: must be in [0, 1], got {args.late_fraction}",
+        ),
+        (
+            _format_of(Path(args.out)) is not None,
+            f"argument --out: must end in .jsonl, .jsonl.gz or .parquet, got {args.out!r}",
+        ),
+    ]
+    return next((msg for ok, msg in checks if not ok), None)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handle ``streamlearn simulate``: 0 on success, 2 on a usage error (message names the argument)."""
+    problem = _check_args(args)
+    if problem:
+        return _usage_error(problem)
+    try:
+        drifts = _drifts(args)
+        config = SimConfig(
+            seed=args.seed,
+            n_users=args.users,
+            n_items=args.items,
+            n_candidates=args.candidates,
+            slate_size=args.slate_size,
+            late_fraction=args.late_fraction,
+            drifts=drifts,
+        )
+    except ConfigError as exc:
+        return _usage_error(f"argument --drift: {exc}")
+    beyond = [d.spec() for d in drifts if d.at_event >= args.events]
+    if beyond:
+        return _usage_error(f"argument --drift: {', '.join(beyond)} is at or beyond --events {args.events}")
+    summary = write_stream(Simulator(config), args.out, args.events, args.invalid_fraction, args.truth)
+    schedule = "; ".join(d.spec() for d in config.drifts) or "none"
+    print(
+        f"simulate: wrote {summary.records:,} records ({summary.events:,} events + {summary.invalid:,} invalid) "
+        f"to {summary.path} in {summary.seconds:.1f} s; seed {args.seed}; drifts: {schedule}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``simulate`` on its own: ``python -m consumers.commands.simulate --events N --out PATH``."""
+    parser = argparse.ArgumentParser(prog="streamlearn")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["simulate", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
