@@ -23,7 +23,7 @@ class Progress:
         self,
         stream: TextIO | None = None,
         interval: float = 0.5,
-        log_interval: float = 5.0,
+        log_interval: float = 2.0,
         enabled: bool = True,
     ):
         self.stream = stream or sys.stderr

@@ -1,0 +1,374 @@
+"""Bandit benchmarks: throughput of every policy, and closed-loop reward/regret on the simulator.
+
+1. Throughput: decisions/s (top-1 over all arms, one context per decision) and updates/s (batches
+   of 1,000 events on random arms) for 1k and 100k arms at d = 16, 64, 256. Policies with per-arm
+   d×d matrices (LinUCB, linear TS, ε-greedy) are skipped where those matrices would pass
+   ``--max-gb``. Thompson sampling is timed without propensities (``n_mc=0``) and, for 1k arms,
+   with ``n_mc=32``.
+2. Closed loop on :class:`pipeline.simulate.Environment` (10 candidates per request): every policy
+   and a uniform-random baseline, plus Vowpal Wabbit ``--cb_explore_adf`` when the
+   ``vowpalwabbit`` package is installed; contexts come from the events' features through
+   :func:`~pipeline.learners.bandits.context_vectors` (item features excluded, user folded in).
+   Reward is the true click probability of the shown item, regret its gap to the best candidate.
+3. The same loop with an abrupt preference drift and a popularity reshuffle halfway, discounted
+   (γ < 1) against undiscounted.
+
+Usage: ``python benchmarks/bandits.py [--requests N] [--skip-throughput]`` (the latter keeps the
+throughput table of the previous results file); writes
+``benchmarks/results/bandits.json`` and ``bandits_regret.png`` / ``bandits_drift.png`` beside it.
+BLAS runs single-threaded (``OPENBLAS_NUM_THREADS=1`` unless set) so timings do not depend on
+what else the machine runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, save, table
+
+from pipeline.events import EventRules, decode_arrow
+from pipeline.features import FeatureSpec, Featurizer
+from pipeline.learners.bandits import (
+    BetaThompson,
+    DiagLinUCB,
+    EpsilonGreedy,
+    LinearThompson,
+    LinUCB,
+    context_vectors,
+)
+from pipeline.simulate import Drift, Environment, SimConfig
+
+RIDGE = {"linucb", "linear_ts", "epsilon_greedy"}
+#: discount per update batch of 200 events in the drift run; the context-free Beta policy spreads its
+#: pulls over all 400 items, so it needs a longer memory to keep enough evidence per item
+DRIFT_GAMMA = {
+    "linucb": 0.98,
+    "diag_linucb": 0.98,
+    "linear_ts": 0.98,
+    "beta_ts": 0.995,
+    "epsilon_greedy": 0.98,
+}
+
+
+def _make(kind: str, dim: int, n_mc: int = 0, gamma: float = 1.0, seed: int = 0):
+    return {
+        "linucb": lambda: LinUCB(dim=dim, alpha=0.3, gamma=gamma, seed=seed),
+        "diag_linucb": lambda: DiagLinUCB(dim=dim, alpha=0.3, gamma=gamma, seed=seed),
+        "linear_ts": lambda: LinearThompson(dim=dim, v=0.1, n_mc=n_mc, gamma=gamma, seed=seed),
+        "beta_ts": lambda: BetaThompson(n_mc=n_mc, gamma=gamma, seed=seed),
+        "epsilon_greedy": lambda: EpsilonGreedy(dim=dim, epsilon=0.05, gamma=gamma, seed=seed),
+    }[kind]()
+
+
+# ------------------------------------------------------------------------------ throughput
+
+
+def _rate(fn, units: int, min_s: float = 0.3, repeats: int = 3) -> float:
+    """Best-of-``repeats`` units per second, each repeat running ``fn`` for at least ``min_s``."""
+    best = 0.0
+    for _ in range(repeats):
+        done, start = 0, time.perf_counter()
+        while True:
+            fn()
+            done += units
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_s:
+                break
+        best = max(best, done / elapsed)
+    return best
+
+
+def throughput(max_gb: float) -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(0)
+    for n_arms in (1_000, 100_000):
+        for dim in (16, 64, 256):
+            for kind, n_mc in [
+                ("linucb", 0),
+                ("diag_linucb", 0),
+                ("linear_ts", 0),
+                ("linear_ts", 32),
+                ("beta_ts", 0),
+                ("beta_ts", 32),
+                ("epsilon_greedy", 0),
+            ]:
+                if (n_mc and n_arms > 1_000) or (kind == "beta_ts" and dim != 16):
+                    continue
+                row = {"policy": kind, "n_mc": n_mc, "arms": n_arms, "dim": dim if kind != "beta_ts" else "-"}
+                gb = 2 * n_arms * dim * dim * 8 / 1e9
+                if kind in RIDGE and gb > max_gb:
+                    rows.append({**row, "skipped": f"A and A_inv need {gb:.0f} GB"})
+                    continue
+                policy = _make(kind, dim, n_mc)
+                cands = np.arange(n_arms)
+                X = rng.normal(size=(1000, dim)) / np.sqrt(dim)
+                policy.update(X, rng.integers(0, n_arms, 1000), rng.random(1000))
+                policy.select(X[:1], cands)  # creates every arm
+                n_ctx = 256 if n_arms == 1_000 else 16
+                if kind in RIDGE and dim == 256:
+                    n_ctx = 16
+                row["decisions_per_s"] = _rate(lambda p=policy, c=cands, x=X[:n_ctx]: p.select(x, c), n_ctx)
+                r = np.clip(rng.random(1000), 0, 1)
+                row["updates_per_s"] = _rate(
+                    lambda p=policy, r=r, x=X, m=n_arms: p.update(x, rng.integers(0, m, 1000), r), 1000
+                )
+                print(row, flush=True)
+                rows.append(row)
+                del policy
+    return rows
+
+
+# ------------------------------------------------------------------------------ closed loop
+
+
+class _Stream:
+    """Requests, their contexts (from the events' features) and a reward oracle, shared by all runs."""
+
+    def __init__(self, config: SimConfig, n_requests: int, batch: int, dim: int):
+        env = Environment(config)
+        self.config, self.world = config, env.world
+        featurizer = Featurizer(FeatureSpec())
+        self.batches = []
+        for _ in range(n_requests // batch):
+            ctx = env.contexts(batch)
+            events, _ = decode_arrow(env.records(ctx, ctx.candidates[:, :1]), EventRules())
+            fb = featurizer.transform(events)
+            X = context_vectors(fb, dim, exclude=("price", "category"), include_user=True)
+            X /= np.linalg.norm(X, axis=1, keepdims=True)
+            _, best_p = env.best(ctx)
+            self.batches.append((ctx, X, best_p))
+
+    def oracle(self) -> Environment:
+        """A fresh environment over the same world: the same reward random numbers for every run."""
+        return Environment(self.config, world=self.world)
+
+
+def run_policy(policy, stream: _Stream) -> dict:
+    env = stream.oracle()
+    reward, regret = [], []
+    decide = learn = 0.0
+    for ctx, X, best_p in stream.batches:
+        t0 = time.perf_counter()
+        j = policy.select(X, ctx.candidates)[0][:, 0]
+        t1 = time.perf_counter()
+        items = ctx.candidates[np.arange(len(ctx)), j]
+        p = env.reward_probabilities(ctx, items)
+        r = env.step(ctx, items)
+        t2 = time.perf_counter()
+        policy.update(X, items, r)
+        decide, learn = decide + t1 - t0, learn + time.perf_counter() - t2
+        reward.append(p)
+        regret.append(best_p - p)
+    return _summary(np.concatenate(reward), np.concatenate(regret), decide, learn)
+
+
+def run_uniform(stream: _Stream, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    reward, regret = [], []
+    env = stream.oracle()
+    for ctx, _, best_p in stream.batches:
+        items = ctx.candidates[np.arange(len(ctx)), rng.integers(0, ctx.candidates.shape[1], len(ctx))]
+        p = env.reward_probabilities(ctx, items)
+        env.step(ctx, items)
+        reward.append(p)
+        regret.append(best_p - p)
+    return _summary(np.concatenate(reward), np.concatenate(regret), 0.0, 0.0)
+
+
+def run_vw(stream: _Stream, seed: int = 0) -> dict | None:
+    try:
+        from vowpalwabbit import Workspace
+    except ImportError:
+        return None
+    vw = Workspace(f"--cb_explore_adf --epsilon 0.05 -q sa --quiet --random_seed {seed}")
+    rng = np.random.default_rng(seed)
+    env = stream.oracle()
+    w = stream.world
+    reward, regret = [], []
+    start = time.perf_counter()
+    for ctx, _, best_p in stream.batches:
+        chosen = np.empty(len(ctx), np.int64)
+        examples = []
+        for i in range(len(ctx)):
+            shared = f"shared |s u{ctx.user[i]} d{ctx.device[i]} h{ctx.hour[i]}"
+            arms = [f"|a i{c} c{w.item_category[c]}" for c in ctx.candidates[i]]
+            pmf = np.asarray(vw.predict([shared, *arms]), dtype=np.float64)
+            chosen[i] = rng.choice(len(pmf), p=pmf / pmf.sum())
+            examples.append((shared, arms, float(pmf[chosen[i]])))
+        items = ctx.candidates[np.arange(len(ctx)), chosen]
+        p = env.reward_probabilities(ctx, items)
+        r = env.step(ctx, items)
+        for i, (shared, arms, prob) in enumerate(examples):
+            labelled = list(arms)
+            labelled[chosen[i]] = f"0:{-r[i]}:{prob} {arms[chosen[i]]}"
+            vw.learn([shared, *labelled])
+        reward.append(p)
+        regret.append(best_p - p)
+    vw.finish()
+    out = _summary(np.concatenate(reward), np.concatenate(regret), 0.0, 0.0)
+    out["total_s"] = time.perf_counter() - start
+    return out
+
+
+def _summary(reward: np.ndarray, regret: np.ndarray, decide_s: float, learn_s: float) -> dict:
+    half = len(reward) // 2
+    return {
+        "cumulative_reward": float(reward.sum()),
+        "cumulative_regret": float(regret.sum()),
+        "regret_first_half": float(regret[:half].sum()),
+        "regret_second_half": float(regret[half:].sum()),
+        "select_s": decide_s,
+        "update_s": learn_s,
+        "_curve_reward": np.cumsum(reward),
+        "_curve_regret": np.cumsum(regret),
+    }
+
+
+def closed_loop(n_requests: int, batch: int, dim: int, drift: bool) -> dict:
+    half = n_requests // 2
+    drifts = (Drift(half, "abrupt"), Drift(half, "popularity")) if drift else ()
+    stream = _Stream(SimConfig(seed=0, n_candidates=10, drifts=drifts), n_requests, batch, dim)
+    runs: dict[str, dict] = {"uniform": run_uniform(stream)}
+    kinds = ["linucb", "diag_linucb", "linear_ts", "beta_ts", "epsilon_greedy"]
+    for kind in kinds:
+        runs[kind] = run_policy(_make(kind, dim, n_mc=0), stream)
+        if drift:
+            gamma = DRIFT_GAMMA[kind]
+            runs[f"{kind} γ={gamma}"] = run_policy(_make(kind, dim, n_mc=0, gamma=gamma), stream)
+        print(kind, {k: v for k, v in runs[kind].items() if not k.startswith("_")}, flush=True)
+    if not drift:
+        vw = run_vw(stream)
+        if vw is not None:
+            runs["vw_cb_explore_adf"] = vw
+    return runs
+
+
+def _after(run: dict, start: int) -> float:
+    curve = run["_curve_reward"]
+    return float((curve[-1] - curve[start - 1]) / (len(curve) - start))
+
+
+def plot(runs: dict, path: Path, title: str, drift_at: int | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    colors = {}
+    for name, run in runs.items():
+        base = name.split(" ")[0]
+        color = colors.setdefault(base, f"C{len(colors)}")
+        curve = run["_curve_reward"]
+        t = np.arange(1, len(curve) + 1)
+        style = "--" if "γ" in name else "-"
+        ax1.plot(t, run["_curve_regret"], style, color=color, label=name)
+        window = max(1, len(curve) // 40)
+        moving = (curve[window:] - curve[:-window]) / window
+        ax2.plot(t[window:], moving, style, color=color, label=name)
+    for ax in (ax1, ax2):
+        ax.set_xlabel("requests")
+        if drift_at:
+            ax.axvline(drift_at, color="grey", lw=0.8)
+    ax1.set_ylabel("cumulative regret (true click probability)")
+    ax2.set_ylabel(f"reward, moving average over {max(1, len(curve) // 40)} requests")
+    ax2.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _public(runs: dict) -> dict:
+    return {name: {k: v for k, v in run.items() if not k.startswith("_")} for name, run in runs.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=40_000)
+    ap.add_argument("--batch", type=int, default=200)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--max-gb", type=float, default=4.0)
+    ap.add_argument("--skip-throughput", action="store_true")
+    args = ap.parse_args()
+    payload: dict = {"blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
+    if not args.skip_throughput:
+        payload["throughput"] = throughput(args.max_gb)
+    elif (RESULTS / "bandits.json").exists():  # keep the last measured table
+        payload["throughput"] = json.loads((RESULTS / "bandits.json").read_text()).get("throughput", [])
+    stationary = closed_loop(args.requests, args.batch, args.dim, drift=False)
+    drifting = closed_loop(args.requests, args.batch, args.dim, drift=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    plot(
+        stationary,
+        RESULTS / "bandits_regret.png",
+        f"Closed loop, {args.requests} requests, 10 candidates, d={args.dim}",
+    )
+    half = args.requests // 2
+    plot(
+        drifting,
+        RESULTS / "bandits_drift.png",
+        "Abrupt preference drift + popularity reshuffle at the middle",
+        drift_at=half,
+    )
+    diag, lin = stationary["diag_linucb"], stationary["linucb"]
+    payload["closed_loop"] = {
+        "config": {"requests": args.requests, "batch": args.batch, "dim": args.dim, "candidates": 10},
+        "runs": _public(stationary),
+        "diag_vs_linucb": {
+            "reward_ratio": diag["cumulative_reward"] / lin["cumulative_reward"],
+            "update_speedup": lin["update_s"] / max(diag["update_s"], 1e-12),
+        },
+        "vw": "ran" if "vw_cb_explore_adf" in stationary else "vowpalwabbit not installed",
+    }
+    payload["drift"] = {
+        "runs": _public(drifting),
+        "reward_after_drift": {name: _after(run, half) for name, run in drifting.items()},
+    }
+    path = save("bandits", payload)
+    if "throughput" in payload:
+        print(
+            table(
+                payload["throughput"],
+                [
+                    ("policy", "policy"),
+                    ("n_mc", "n_mc"),
+                    ("arms", "arms"),
+                    ("dim", "d"),
+                    ("decisions_per_s", "decisions/s"),
+                    ("updates_per_s", "updates/s"),
+                    ("skipped", "skipped"),
+                ],
+            )
+        )
+    rows = [{"policy": k, **v} for k, v in payload["closed_loop"]["runs"].items()]
+    print(
+        table(
+            rows,
+            [
+                ("policy", "policy"),
+                ("cumulative_reward", "reward"),
+                ("cumulative_regret", "regret"),
+                ("regret_first_half", "regret 1st half"),
+                ("regret_second_half", "regret 2nd half"),
+            ],
+        )
+    )
+    print(payload["closed_loop"]["diag_vs_linucb"])
+    print({k: round(v, 4) for k, v in payload["drift"]["reward_after_drift"].items()})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

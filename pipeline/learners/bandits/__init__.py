@@ -1,0 +1,46 @@
+"""Contextual bandit policies: LinUCB, Diag-LinUCB, linear and Beta-Bernoulli Thompson sampling, ε-greedy.
+
+Every policy is a :class:`~pipeline.learners.base.Policy` with a batch-first array API
+(``select`` / ``update``) and the Learner API over feature batches (``predict`` / ``learn``); every
+decision comes with its propensity so that it can be logged and evaluated off-policy
+(:mod:`pipeline.ope`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pipeline.learners.bandits.arms import ArmTable
+from pipeline.learners.bandits.base import BanditPolicy, context_vectors
+from pipeline.learners.bandits.diag_linucb import DiagLinUCB
+from pipeline.learners.bandits.epsilon_greedy import EpsilonGreedy
+from pipeline.learners.bandits.kernels import top_k
+from pipeline.learners.bandits.linucb import LinUCB, RidgeArms
+from pipeline.learners.bandits.thompson import BetaThompson, LinearThompson, mc_propensities
+
+__all__ = [
+    "POLICIES",
+    "ArmTable",
+    "BanditPolicy",
+    "BetaThompson",
+    "DiagLinUCB",
+    "EpsilonGreedy",
+    "LinUCB",
+    "LinearThompson",
+    "RidgeArms",
+    "context_vectors",
+    "mc_propensities",
+    "register_learners",
+    "top_k",
+]
+
+#: learner kind -> policy class
+POLICIES: dict[str, type[BanditPolicy]] = {
+    cls.kind: cls for cls in (LinUCB, DiagLinUCB, LinearThompson, BetaThompson, EpsilonGreedy)
+}
+
+
+def register_learners(register: Callable[[str, Callable], None]) -> None:
+    """Hook for :mod:`pipeline.learners.registry`: make every policy buildable by its kind."""
+    for kind, cls in POLICIES.items():
+        register(kind, cls)

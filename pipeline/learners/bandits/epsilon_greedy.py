@@ -1,0 +1,88 @@
+"""ε-greedy over per-arm ridge regressions, with exact propensities.
+
+With probability ``1 - ε`` the slate is the top k of the estimated rewards ``xᵀθ_a``; with
+probability ``ε`` it is a uniformly random slate (k candidates drawn without replacement, in random
+order). The probability that candidate a sits at slot j is therefore exactly
+``(1 - ε)·[a is the greedy j-th] + ε / m`` for m candidates. With a bias-only context (``dim=1``
+and contexts of ones) the estimate is the arm's ridge-shrunk mean reward.
+
+Examples
+--------
+>>> policy = EpsilonGreedy(dim=1, epsilon=0.2, seed=0)
+>>> policy.update(np.ones((2, 1)), np.array(["a", "b"]), np.array([0.0, 1.0]))
+>>> chosen, p = policy.select(np.ones((1, 1)), np.array(["a", "b", "c", "d"]))
+>>> chosen.tolist(), p.round(12).tolist()  # 0.8 + 0.2 / 4
+([[1]], [[0.85]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pipeline.learners.bandits.kernels import top_k
+from pipeline.learners.bandits.linucb import RidgeArms
+
+__all__ = ["EpsilonGreedy"]
+
+
+class EpsilonGreedy(RidgeArms):
+    """ε-greedy on ridge estimates; greedy ties go to the lower candidate position.
+
+    Parameters
+    ----------
+    dim
+        Context dimension.
+    epsilon
+        Exploration probability in [0, 1].
+    lam
+        Ridge prior of a new arm (> 0).
+    gamma, seed, exclude_features, include_user, importance_weighting, max_weight, name
+        See :class:`~pipeline.learners.bandits.base.BanditPolicy`.
+    """
+
+    kind = "epsilon_greedy"
+
+    def __init__(
+        self,
+        dim: int,
+        epsilon: float = 0.1,
+        lam: float = 1.0,
+        gamma: float = 1.0,
+        seed: int = 0,
+        exclude_features: Sequence[str] = (),
+        include_user: bool = False,
+        importance_weighting: bool = False,
+        max_weight: float = 100.0,
+        name: str | None = None,
+    ):
+        super().__init__(
+            dim,
+            lam=lam,
+            gamma=gamma,
+            seed=seed,
+            exclude_features=exclude_features,
+            include_user=include_user,
+            importance_weighting=importance_weighting,
+            max_weight=max_weight,
+            name=name,
+        )
+        if not (isinstance(epsilon, (int, float)) and 0 <= epsilon <= 1):
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon!r}")
+        self.epsilon = float(epsilon)
+
+    def _decide(self, X: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        mean, _ = self._mean_var(X, rows, need_var=False)
+        n, m = mean.shape
+        greedy = top_k(mean, k)
+        explore = np.flatnonzero(self._rng.random(n) < self.epsilon)
+        chosen = greedy.copy()
+        if len(explore):
+            if k == 1:
+                chosen[explore, 0] = self._rng.integers(0, m, size=len(explore))
+            else:
+                # the order of iid uniform keys is a uniformly random permutation
+                chosen[explore] = top_k(self._rng.random((len(explore), m)), k)
+        props = (1.0 - self.epsilon) * (chosen == greedy) + self.epsilon / m
+        return chosen, props
