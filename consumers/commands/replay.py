@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(enabled=config.source.progress and not args.no_progress)
     started = time.perf_counter()
     read = 0
+    clean = False
     try:
         for raw in source:
             result = runner.process(raw)
@@ -92,14 +93,20 @@ def run(args: argparse.Namespace) -> int:
             progress.update(c["records"], c["applied"], c["dead_letters"], where, _progress_extra(runner))
             if stop["signal"] is not None or (args.limit is not None and read >= args.limit):
                 break
+        clean = True
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         progress.close()
-        if checkpointer is not None:
-            checkpointer.final(runner)
-            checkpointer.close()
         sink.close()
+        if checkpointer is not None:
+            try:
+                # Only a batch boundary is a consistent state: after an exception mid-batch the
+                # newest snapshot (positions and state together) stays the truth.
+                if clean:
+                    checkpointer.final(runner)
+            finally:
+                checkpointer.close()
     summary = runner.summary(time.perf_counter() - started)
     summary["records_this_run"] = read
     summary["positions"] = runner.positions
