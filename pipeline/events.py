@@ -224,6 +224,7 @@ class _Invalid:
 
 
 _NUM = (int, float)
+_NONE = type(None)
 
 
 def _is_number(x) -> bool:
@@ -288,19 +289,21 @@ def _describe(x) -> str:
 
 def _check_required_str(objs, name, inv) -> list:
     col = [o.get(name) if type(o) is dict else None for o in objs]
-    missing = _field_mask(col, lambda x: x is None)
+    kinds = [type(x) for x in col]
+    missing = np.array([k is _NONE for k in kinds], dtype=bool)
     inv.mark(missing, MISSING_FIELD, f"missing required field {name!r}")
-    wrong = _field_mask(col, lambda x: x is not None and type(x) is not str)
+    wrong = np.array([k is not str and k is not _NONE for k in kinds], dtype=bool)
     inv.mark(wrong, WRONG_TYPE, lambda i: f"field {name!r} must be a string, got {_describe(col[i])}")
     return col
 
 
 def _check_number(objs, name, inv, required: bool) -> tuple[np.ndarray, np.ndarray]:
     col = [o.get(name) if type(o) is dict else None for o in objs]
-    present = _field_mask(col, lambda x: x is not None)
+    kinds = [type(x) for x in col]
+    present = np.array([k is not _NONE for k in kinds], dtype=bool)
     if required:
         inv.mark(~present, MISSING_FIELD, f"missing required field {name!r}")
-    is_num = _field_mask(col, _is_number)
+    is_num = np.array([k is int or k is float for k in kinds], dtype=bool)
     inv.mark(
         present & ~is_num, WRONG_TYPE, lambda i: f"field {name!r} must be a number, got {_describe(col[i])}"
     )
@@ -362,7 +365,7 @@ def _one(n: int, i: int) -> np.ndarray:
 
 def _check_optional_str(objs, name, inv) -> list:
     col = [o.get(name) if type(o) is dict else None for o in objs]
-    wrong = _field_mask(col, lambda x: x is not None and type(x) is not str)
+    wrong = np.array([x is not None and type(x) is not str for x in col], dtype=bool)
     inv.mark(wrong, WRONG_TYPE, lambda i: f"field {name!r} must be a string, got {_describe(col[i])}")
     return col
 

@@ -94,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
             if stop["signal"] is not None or (args.limit is not None and read >= args.limit):
                 break
         clean = True
+        c = runner.counters
+        progress.update(
+            c["records"], c["applied"], c["dead_letters"], "done", _progress_extra(runner), force=True
+        )
     finally:
         for s, h in old.items():
             signal.signal(s, h)

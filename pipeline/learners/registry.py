@@ -19,37 +19,55 @@ def register(kind: str, factory: Callable[..., Learner]) -> None:
     _FACTORIES[kind] = factory
 
 
-def known_kinds() -> list[str]:
-    _load_builtin()
-    return [*sorted(_FACTORIES), "river:<estimator>"]
+# Optional learner packages register their kinds through a module-level register_learners(register)
+# hook. They are imported only when one of their kinds is asked for: torch alone takes seconds.
+_OPTIONAL_MODULES = (
+    "pipeline.learners.bandits",
+    "pipeline.learners.error_memory",
+    "pipeline.learners.neural",
+)
+_loaded: set[str] = set()
+
+
+def _load(module: str) -> None:
+    if module in _loaded:
+        return
+    _loaded.add(module)
+    try:
+        mod = __import__(module, fromlist=["register_learners"])
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return
+    hook = getattr(mod, "register_learners", None)
+    if hook is not None:
+        hook(register)
 
 
 def _load_builtin() -> None:
-    if _FACTORIES:
-        return
-    from pipeline.learners.ftrl import FTRL
+    if "ftrl" not in _FACTORIES:
+        from pipeline.learners.ftrl import FTRL
 
-    register("ftrl", FTRL)
-    # Optional learners register themselves when their modules exist.
-    for module in (
-        "pipeline.learners.neural",
-        "pipeline.learners.error_memory",
-        "pipeline.learners.bandits",
-    ):
-        try:
-            mod = __import__(module, fromlist=["register_learners"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        hook = getattr(mod, "register_learners", None)
-        if hook is not None:
-            hook(register)
+        register("ftrl", FTRL)
+
+
+def _find(kind: str) -> None:
+    _load_builtin()
+    for module in _OPTIONAL_MODULES:
+        if kind in _FACTORIES:
+            return
+        _load(module)
+
+
+def known_kinds() -> list[str]:
+    _load_builtin()
+    for module in _OPTIONAL_MODULES:
+        _load(module)
+    return [*sorted(_FACTORIES), "river:<estimator>"]
 
 
 def build_learner(kind: str, name: str = "", params: dict[str, Any] | None = None) -> Learner:
     """Instantiate a learner; configuration errors name the learner and the bad parameter."""
-    _load_builtin()
     params = dict(params or {})
     label = name or kind
     try:
@@ -57,6 +75,7 @@ def build_learner(kind: str, name: str = "", params: dict[str, Any] | None = Non
             from pipeline.learners.river_adapter import RiverLearner
 
             return RiverLearner(kind.split(":", 1)[1], params=params, name=label)
+        _find(kind)
         if kind not in _FACTORIES:
             raise ConfigError(f"unknown learner kind {kind!r}; known: {', '.join(known_kinds())}")
         return _FACTORIES[kind](name=label, **params)
