@@ -1,0 +1,598 @@
+"""Micro-batches from Kafka (DESIGN §7): a consumer group over kafka-python with manual offsets.
+
+:class:`KafkaSource` polls a consumer group with ``enable_auto_commit=False`` and hands the runner
+:class:`RawBatch` objects: the record values, their origins (columnar, built lazily) and the positions
+after the batch. The snapshot's positions are the truth: on assignment the worker seeks to them, on
+revocation it snapshots and commits, and Kafka's committed offsets are written after each snapshot
+for lag and tooling only.
+
+Positions are keyed ``"topic:partition"`` (topic names cannot contain ``:``) and hold the *next*
+offset to read, as Kafka's committed offsets do.
+
+Examples
+--------
+>>> backoff = Backoff(initial_s=0.5, max_s=4.0, jitter=0.0)
+>>> [backoff.next_delay() for _ in range(5)]
+[0.5, 1.0, 2.0, 4.0, 4.0]
+>>> KafkaOrigins(["t"], np.array([0, 0], np.int32), np.array([2, 0], np.int32), np.array([7, 8]))(1)
+{'topic': 't', 'partition': 0, 'offset': 8}
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka import errors as kafka_errors
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+from pipeline.errors import ConfigError, StreamlearnError
+
+try:  # kafka-python >= 3 runs rebalance listeners on its IO thread
+    from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+except ImportError:  # pragma: no cover - kafka-python 2.x calls listeners inside poll()
+    AsyncConsumerRebalanceListener = None
+
+__all__ = [
+    "UNAVAILABLE_ERRORS",
+    "Backoff",
+    "KafkaOrigins",
+    "KafkaSource",
+    "KafkaSourceError",
+    "KafkaUnavailableError",
+    "RawBatch",
+    "parse_key",
+    "partition_key",
+    "retry_call",
+]
+
+log = logging.getLogger(__name__)
+
+#: Errors meaning "the broker is away (for now)": retried with backoff, never fatal on their own.
+#: kafka-python 2.x raises NoBrokersAvailable where 3.x raises KafkaTimeoutError; retriable errors cover the rest.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = tuple(
+    getattr(kafka_errors, name)
+    for name in ("NoBrokersAvailable", "KafkaTimeoutError", "KafkaConnectionError", "RetriableError")
+    if hasattr(kafka_errors, name)
+)
+
+
+class KafkaSourceError(StreamlearnError):
+    """The Kafka source cannot go on; the message names the topic, partition or setting."""
+
+
+class KafkaUnavailableError(KafkaSourceError):
+    """The brokers did not answer within the bounded retries."""
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclass
+class RawBatch:
+    """One micro-batch of raw records, as the runner's source contract expects."""
+
+    values: list[bytes]
+    origins: list[dict] | Callable[[int], dict]
+    positions: dict[str, int]
+    timestamps_ms: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class KafkaOrigins:
+    """Origins of a batch's records as columns; ``origins(i)`` builds record ``i``'s dict on demand."""
+
+    __slots__ = ("offsets", "partitions", "topic_codes", "topics")
+
+    def __init__(
+        self, topics: list[str], topic_codes: np.ndarray, partitions: np.ndarray, offsets: np.ndarray
+    ):
+        self.topics = topics
+        self.topic_codes = topic_codes
+        self.partitions = partitions
+        self.offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __call__(self, i: int) -> dict:
+        return {
+            "topic": self.topics[int(self.topic_codes[i])],
+            "partition": int(self.partitions[i]),
+            "offset": int(self.offsets[i]),
+        }
+
+
+def partition_key(tp: TopicPartition) -> str:
+    """``TopicPartition("clicks", 3)`` -> ``"clicks:3"``."""
+    return f"{tp.topic}:{tp.partition}"
+
+
+def parse_key(key: str) -> TopicPartition:
+    """``"clicks:3"`` -> ``TopicPartition("clicks", 3)``; the message names a malformed key."""
+    topic, sep, part = key.rpartition(":")
+    if not sep or not topic or not part.isdigit():
+        raise ValueError(f"partition key must look like 'topic:partition', got {key!r}")
+    return TopicPartition(topic, int(part))
+
+
+def _batch_from_records(records: Mapping[TopicPartition, list]) -> RawBatch:
+    topics: list[str] = []
+    codes, parts, offsets, stamps, values = [], [], [], [], []
+    positions: dict[str, int] = {}
+    for tp, recs in records.items():
+        if not recs:
+            continue
+        if tp.topic not in topics:
+            topics.append(tp.topic)
+        n = len(recs)
+        codes.append(np.full(n, topics.index(tp.topic), dtype=np.int32))
+        parts.append(np.full(n, tp.partition, dtype=np.int32))
+        offsets.append(np.fromiter((r.offset for r in recs), dtype=np.int64, count=n))
+        stamps.append(np.fromiter((r.timestamp for r in recs), dtype=np.int64, count=n))
+        values.extend(b"" if r.value is None else r.value for r in recs)
+        positions[partition_key(tp)] = int(offsets[-1][-1]) + 1
+    if not values:
+        return _empty_batch()
+    origins = KafkaOrigins(topics, np.concatenate(codes), np.concatenate(parts), np.concatenate(offsets))
+    return RawBatch(values, origins, positions, np.concatenate(stamps))
+
+
+def _empty_batch() -> RawBatch:
+    empty = np.zeros(0, dtype=np.int64)
+    return RawBatch([], KafkaOrigins([], empty.astype(np.int32), empty.astype(np.int32), empty), {}, empty)
+
+
+# --------------------------------------------------------------------------- backoff
+
+
+class Backoff:
+    """Bounded exponential backoff: ``initial_s * factor**k`` capped at ``max_s``, with seeded jitter.
+
+    Parameters
+    ----------
+    initial_s, max_s
+        First and largest delay in seconds.
+    factor
+        Growth per attempt (> 1 grows).
+    jitter
+        Each delay is multiplied by a uniform draw in ``[1 - jitter, 1 + jitter]`` (then capped),
+        so that many workers do not retry in step.
+    seed
+        Seed of the jitter's random generator.
+    """
+
+    def __init__(
+        self,
+        initial_s: float = 0.2,
+        max_s: float = 30.0,
+        factor: float = 2.0,
+        jitter: float = 0.2,
+        seed: int = 0,
+    ):
+        if initial_s <= 0:
+            raise ValueError(f"initial_s must be > 0, got {initial_s}")
+        if max_s < initial_s:
+            raise ValueError(f"max_s must be >= initial_s ({initial_s}), got {max_s}")
+        if factor < 1:
+            raise ValueError(f"factor must be >= 1, got {factor}")
+        if not 0 <= jitter < 1:
+            raise ValueError(f"jitter must be in [0, 1), got {jitter}")
+        self.initial_s, self.max_s, self.factor = initial_s, max_s, factor
+        self.jitter, self.seed = jitter, seed
+        self._rng = np.random.default_rng(seed)
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; each call counts one failed attempt."""
+        base = min(self.max_s, self.initial_s * self.factor**self._attempt)
+        self._attempt += 1
+        if self.jitter:
+            base *= float(self._rng.uniform(1.0 - self.jitter, 1.0 + self.jitter))
+        return min(self.max_s, base)
+
+    def reset(self) -> None:
+        """Start again from ``initial_s`` (after a success)."""
+        self._attempt = 0
+
+    @property
+    def attempts(self) -> int:
+        return self._attempt
+
+
+def retry_call(
+    fn: Callable[[], object],
+    *,
+    attempts: int,
+    backoff: Backoff | None = None,
+    retry_on: tuple[type[BaseException], ...] = UNAVAILABLE_ERRORS,
+    sleep: Callable[[float], None] = time.sleep,
+    what: str = "call",
+):
+    """Call ``fn`` up to ``attempts`` times, sleeping per ``backoff`` after each ``retry_on`` error.
+
+    Raises :class:`KafkaUnavailableError` (chained to the last error) when every attempt failed.
+    """
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
+    backoff = backoff or Backoff()
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except retry_on as exc:
+            if attempt == attempts:
+                raise KafkaUnavailableError(f"{what} failed after {attempts} attempts: {exc!r}") from exc
+            delay = backoff.next_delay()
+            log.warning(
+                "%s failed (attempt %d/%d): %r; retrying in %.2f s", what, attempt, attempts, exc, delay
+            )
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- source
+
+PartitionsCallback = Callable[[list[str]], None]
+
+
+class KafkaSource:
+    """A consumer group over one or more topics, polled in micro-batches with manual offsets.
+
+    Parameters
+    ----------
+    topics
+        Topic names to subscribe to.
+    bootstrap_servers
+        ``"host:port"`` or a list of them.
+    group_id
+        Consumer group.
+    max_records
+        Most records per micro-batch.
+    poll_timeout_ms
+        How long :meth:`poll` waits for records by default.
+    on_assign, on_revoke, on_lost
+        Called with the sorted partition keys (``"topic:partition"``) on assignment, before
+        revocation (the partitions are still owned: snapshot and commit here) and when partitions were
+        lost without a clean revocation (default: ``on_revoke``). Inside them, :meth:`seek`,
+        :meth:`commit`, :meth:`positions` and :meth:`pause` may be used.
+    client_kwargs
+        Extra kafka-python ``KafkaConsumer`` settings, passed through unchanged (SASL/SSL:
+        ``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``, ``ssl_cafile``, …).
+    connect_attempts, backoff
+        Bounded retries of :meth:`open` while no broker answers.
+    auto_offset_reset
+        Where a partition without a committed offset or a seek starts: ``"earliest"`` or ``"latest"``.
+    """
+
+    def __init__(
+        self,
+        topics: str | Iterable[str],
+        bootstrap_servers: str | list[str],
+        group_id: str,
+        *,
+        max_records: int = 1000,
+        poll_timeout_ms: int = 500,
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
+        on_lost: PartitionsCallback | None = None,
+        client_kwargs: Mapping[str, object] | None = None,
+        connect_attempts: int = 5,
+        backoff: Backoff | None = None,
+        auto_offset_reset: str = "earliest",
+    ):
+        self.topics = [topics] if isinstance(topics, str) else list(topics)
+        if not self.topics or any(not t or ":" in t for t in self.topics):
+            raise ConfigError(f"topics must be non-empty names without ':', got {self.topics!r}")
+        if max_records < 1:
+            raise ConfigError(f"max_records must be >= 1, got {max_records}")
+        if poll_timeout_ms < 0:
+            raise ConfigError(f"poll_timeout_ms must be >= 0, got {poll_timeout_ms}")
+        if auto_offset_reset not in ("earliest", "latest"):
+            raise ConfigError(f"auto_offset_reset must be 'earliest' or 'latest', got {auto_offset_reset!r}")
+        client_kwargs = dict(client_kwargs or {})
+        if client_kwargs.get("enable_auto_commit"):
+            raise ConfigError(
+                "client_kwargs.enable_auto_commit must stay False: the snapshot owns the offsets"
+            )
+        self.bootstrap_servers, self.group_id = bootstrap_servers, group_id
+        self.max_records, self.poll_timeout_ms = max_records, poll_timeout_ms
+        self.on_assign, self.on_revoke, self.on_lost = on_assign, on_revoke, on_lost
+        self.client_kwargs, self.auto_offset_reset = client_kwargs, auto_offset_reset
+        self.connect_attempts, self.backoff = connect_attempts, backoff or Backoff()
+        self._consumer: KafkaConsumer | None = None
+        self._positions: dict[TopicPartition, int] = {}
+        self._owned: set[TopicPartition] = set()
+        self._paused: set[TopicPartition] = set()
+        self._handed_back: dict[TopicPartition, int] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> KafkaSource:
+        """Connect (bounded retries with backoff) and subscribe; idempotent."""
+        if self._consumer is None:
+            self._consumer = retry_call(
+                self._new_consumer,
+                attempts=self.connect_attempts,
+                backoff=self.backoff,
+                what=f"connecting to {self.bootstrap_servers}",
+            )
+            self.backoff.reset()
+            self._load_topic_metadata()
+            self._consumer.subscribe(self.topics, listener=_make_listener(self))
+        return self
+
+    def _load_topic_metadata(self) -> None:
+        # Without the topics' metadata at hand, the first join can assign nothing and kafka-python may
+        # not rejoin for a long while; fetching it before subscribing closes that race.
+        for topic in self.topics:
+            if not self._consumer.partitions_for_topic(topic):
+                log.warning("topic %r does not exist (yet) on %s", topic, self.bootstrap_servers)
+
+    def _new_consumer(self) -> KafkaConsumer:
+        settings: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "group_id": self.group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": self.auto_offset_reset,
+            "max_poll_records": self.max_records,
+            "client_id": f"streamlearn-{self.group_id}",
+        }
+        if "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG:
+            settings["bootstrap_timeout_ms"] = 10000
+        return KafkaConsumer(**{**settings, **self.client_kwargs})
+
+    @property
+    def consumer(self) -> KafkaConsumer:
+        """The underlying ``KafkaConsumer`` (opened on first use)."""
+        return self.open()._consumer
+
+    def close(self) -> None:
+        """Run ``on_revoke`` for the owned partitions, then leave the group and close the consumer.
+
+        The callback runs before the consumer starts closing because a closing consumer can no longer
+        commit; the revocation kafka-python signals while closing then finds nothing left to revoke.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return
+        try:
+            if self._owned:
+                self._revoked(list(self._owned))
+        finally:
+            self._consumer = None
+            consumer.close(autocommit=False)
+            self._positions.clear()
+            self._owned.clear()
+            self._paused.clear()
+            self._handed_back.clear()
+
+    def __enter__(self) -> KafkaSource:
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def connected(self) -> bool:
+        """Whether the consumer holds a live connection to some broker of the cluster (for readiness).
+
+        kafka-python has no public call for this; ``bootstrap_connected()`` only covers the first
+        bootstrap, so the client's per-node state is read instead.
+        """
+        client = getattr(self._consumer, "_client", None)
+        try:
+            ids = [getattr(b, "node_id", getattr(b, "nodeId", None)) for b in client.cluster.brokers()]
+            return any(client.connected(i) for i in ids if i is not None)
+        except AttributeError:
+            return False
+
+    # ------------------------------------------------------------------ batches
+
+    def poll(self, timeout_ms: int | None = None, max_records: int | None = None) -> RawBatch:
+        """The next micro-batch; empty when nothing arrived within ``timeout_ms``."""
+        timeout = self.poll_timeout_ms if timeout_ms is None else timeout_ms
+        records = self.consumer.poll(timeout_ms=timeout, max_records=max_records or self.max_records)
+        batch = _batch_from_records(records)
+        for key, offset in batch.positions.items():
+            self._positions[parse_key(key)] = offset
+        return batch
+
+    def __iter__(self) -> Iterator[RawBatch]:
+        """Poll forever, yielding every batch (empty ones too, so the caller can check timers and signals)."""
+        self.open()
+        while self._consumer is not None:
+            yield self.poll()
+
+    # ------------------------------------------------------------------ offsets
+
+    def assignment(self) -> list[str]:
+        """Sorted keys of the partitions assigned to this consumer."""
+        return sorted(partition_key(tp) for tp in self.consumer.assignment())
+
+    def positions(self) -> dict[str, int]:
+        """Next offset per owned partition whose position is known (consumed from or sought)."""
+        return {partition_key(tp): off for tp, off in sorted(self._positions.items()) if tp in self._owned}
+
+    def seek(self, positions: Mapping[str, int]) -> list[str]:
+        """Move the owned partitions among ``positions`` to their offsets; returns the keys applied.
+
+        Keys of partitions this consumer does not own are ignored (another worker owns them).
+        """
+        wanted = {parse_key(k): int(v) for k, v in positions.items()}
+        bad = {partition_key(tp): off for tp, off in wanted.items() if off < 0}
+        if bad:
+            raise ValueError(f"positions must be >= 0, got {bad}")
+        assigned = self.consumer.assignment()
+        for tp, offset in wanted.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+                self._positions[tp] = offset
+        return sorted(partition_key(tp) for tp in wanted if tp in assigned)
+
+    def commit(self, positions: Mapping[str, int] | None = None) -> dict[str, int]:
+        """Commit ``positions`` (default: :meth:`positions`) as the group's offsets; returns what was committed."""
+        positions = self.positions() if positions is None else dict(positions)
+        if positions:
+            offsets = {parse_key(k): OffsetAndMetadata(int(v), "", -1) for k, v in positions.items()}
+            self.consumer.commit(offsets)
+        return positions
+
+    def committed(self) -> dict[str, int]:
+        """The group's committed offsets for the assigned partitions (absent where none)."""
+        out = {}
+        for tp in self.consumer.assignment():
+            off = self.consumer.committed(tp)
+            if off is not None:
+                out[partition_key(tp)] = off
+        return dict(sorted(out.items()))
+
+    def lag(self, timeout_ms: int = 5000) -> dict[str, int]:
+        """Records behind the end of each assigned partition (``end offset - position``), for the lag gauge."""
+        assigned = sorted(self.consumer.assignment())
+        if not assigned:
+            return {}
+        ends = self.consumer.end_offsets(assigned, timeout_ms=timeout_ms)
+        out = {}
+        for tp in assigned:
+            pos = self._positions.get(tp)
+            if pos is None:
+                pos = self.consumer.position(tp, timeout_ms=timeout_ms)
+            if pos is not None and tp in ends:
+                out[partition_key(tp)] = max(0, int(ends[tp]) - int(pos))
+        return out
+
+    # ------------------------------------------------------------------ backpressure
+
+    def pause(self, keys: Iterable[str] | None = None) -> list[str]:
+        """Stop fetching the given assigned partitions (default: all) without leaving the group.
+
+        Returns the keys paused; keys of partitions not assigned here are ignored. Unlike a bare
+        ``KafkaConsumer.pause``, the pause outlives a rebalance that hands the partition back to this
+        consumer (kafka-python rebalances once more right after the first join, for one), until
+        :meth:`resume`.
+        """
+        assigned = self.consumer.assignment()
+        tps = assigned if keys is None else [tp for tp in map(parse_key, keys) if tp in assigned]
+        self._paused.update(tps)
+        self.consumer.pause(*tps)
+        return sorted(partition_key(tp) for tp in tps)
+
+    def resume(self, keys: Iterable[str] | None = None) -> list[str]:
+        """Fetch the given paused partitions (default: all paused) again; returns the keys resumed."""
+        paused = self.consumer.paused() | self._paused
+        tps = paused if keys is None else [tp for tp in map(parse_key, keys) if tp in paused]
+        self._paused.difference_update(tps)
+        assigned = self.consumer.assignment()
+        self.consumer.resume(*[tp for tp in tps if tp in assigned])
+        return sorted(partition_key(tp) for tp in tps)
+
+    def paused(self) -> list[str]:
+        return sorted(partition_key(tp) for tp in self.consumer.paused())
+
+    # ------------------------------------------------------------------ rebalance
+
+    def _assigned(self, tps: Iterable[TopicPartition]) -> None:
+        tps = list(tps)
+        self._owned.update(tps)
+        # A partition handed straight back after a clean revocation (the eager protocol revokes
+        # everything on each rebalance) continues where this consumer left it, paused or not.
+        for tp in tps:
+            if tp in self._handed_back:
+                self._positions[tp] = self._handed_back[tp]
+                self._consumer.seek(tp, self._positions[tp])
+        self._handed_back.clear()
+        repause = [tp for tp in tps if tp in self._paused]
+        if repause:
+            self._consumer.pause(*repause)
+        if tps and self.on_assign is not None:
+            self.on_assign(sorted(partition_key(tp) for tp in tps))
+
+    def _revoked(self, tps: Iterable[TopicPartition], lost: bool = False) -> None:
+        # Only owned partitions: the eager protocol revokes an empty set on first join, and close()
+        # has already revoked everything when kafka-python signals the revocation of a closing consumer.
+        tps = [tp for tp in tps if tp in self._owned]
+        callback = (self.on_lost or self.on_revoke) if lost else self.on_revoke
+        try:
+            if tps and callback is not None:
+                callback(sorted(partition_key(tp) for tp in tps))
+        finally:
+            for tp in tps:
+                self._owned.discard(tp)
+                position = self._positions.pop(tp, None)
+                if position is not None and not lost:
+                    self._handed_back[tp] = position
+                elif lost:
+                    self._paused.discard(tp)
+
+    def __repr__(self) -> str:
+        return (
+            f"KafkaSource(topics={self.topics!r}, group_id={self.group_id!r}, max_records={self.max_records})"
+        )
+
+
+def _make_listener(source: KafkaSource):
+    """A rebalance listener that runs the source's callbacks where blocking consumer calls are allowed.
+
+    kafka-python >= 3 invokes listeners on its IO thread, where a blocking call such as ``commit``
+    would deadlock; there the callbacks run on a helper thread while the listener awaits them, which
+    keeps the IO loop (heartbeats, the commit itself) running.
+    """
+    net = getattr(source._consumer, "_net", None)
+    if AsyncConsumerRebalanceListener is None or not hasattr(net, "call_soon_threadsafe"):
+        return _SyncListener(source)
+    return _ThreadedListener(source, net)
+
+
+class _SyncListener(ConsumerRebalanceListener):
+    def __init__(self, source: KafkaSource):
+        self._source = source
+
+    def on_partitions_revoked(self, revoked):
+        self._source._revoked(revoked)
+
+    def on_partitions_assigned(self, assigned):
+        self._source._assigned(assigned)
+
+    def on_partitions_lost(self, lost):
+        self._source._revoked(lost, lost=True)
+
+
+if AsyncConsumerRebalanceListener is not None:
+
+    class _ThreadedListener(AsyncConsumerRebalanceListener):
+        def __init__(self, source: KafkaSource, net):
+            self._source, self._net = source, net
+
+        async def _off_loop(self, fn, *args):
+            from kafka.future import Future
+
+            done = Future()
+
+            def work():
+                try:
+                    value, exc = fn(*args), None
+                except BaseException as e:  # handed back to the coordinator, which re-raises it
+                    value, exc = None, e
+
+                async def resolve():
+                    done.failure(exc) if exc is not None else done.success(value)
+
+                self._net.call_soon_threadsafe(resolve)
+
+            threading.Thread(target=work, name="streamlearn-rebalance", daemon=True).start()
+            return await done
+
+        async def on_partitions_revoked(self, revoked):
+            await self._off_loop(self._source._revoked, revoked)
+
+        async def on_partitions_assigned(self, assigned):
+            await self._off_loop(self._source._assigned, assigned)
+
+        async def on_partitions_lost(self, lost):
+            await self._off_loop(self._source._revoked, lost, True)

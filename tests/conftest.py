@@ -1,0 +1,56 @@
+"""Shared pytest fixtures.
+
+Kafka (DESIGN §9): one real broker per test session, started on first use by ``kafka_broker``; tests
+that use it are marked ``kafka`` automatically. Factory fixtures give each test its own topics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.kafka.broker import KafkaBroker
+
+# --------------------------------------------------------------------------- Kafka
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaBroker]:
+    """A running single-node KRaft broker on loopback (``.bootstrap`` = ``"127.0.0.1:PORT"``).
+
+    Tests may ``stop()`` / ``start()`` / ``restart()`` it; a test that leaves it stopped gets it
+    started again before the next test that uses it. Fails (never skips) when Java or Maven is missing.
+    """
+    broker = KafkaBroker()
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture(autouse=True)
+def _kafka_broker_running(request: pytest.FixtureRequest) -> None:
+    if "kafka_broker" in request.fixturenames:
+        request.getfixturevalue("kafka_broker").ensure_running()
+
+
+@pytest.fixture
+def topic_factory(kafka_broker: KafkaBroker) -> Callable[..., str]:
+    """``topic_factory(partitions=1, name=None, configs=None) -> str``: a new, uniquely named topic."""
+    return kafka_broker.create_topic
+
+
+@pytest.fixture
+def producer(kafka_broker: KafkaBroker):
+    """A ``KafkaProducer`` (bytes in, ``acks="all"``) closed after the test."""
+    prod = kafka_broker.producer()
+    yield prod
+    prod.close(timeout=5)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "kafka_broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kafka)
