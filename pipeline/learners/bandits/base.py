@@ -10,7 +10,13 @@ A policy has two entry points:
 
 Subclasses fill in a few hooks (template methods): ``_grow`` (prior statistics for new arms),
 ``_mean_var`` (estimated reward and its variance term for (context, arm) pairs), ``_decide``
-(choose a slate for a chunk of contexts), ``_update_stats``, ``_discount`` and the state columns.
+(choose a slate for a chunk of contexts), ``_distribution`` (the top-1 choice as probabilities
+over the candidates, for off-policy evaluation), ``_update_stats``, ``_discount`` and the state
+columns.
+
+Every policy reports gauges (:meth:`BanditPolicy.gauges`): its number of arms, the reward rate
+of the last ``gauge_window`` learned events and a running SNIPS estimate of its own value from
+the logged propensities (:mod:`.monitor`).
 
 Non-stationarity is handled by discounting: with ``gamma < 1`` every update call first moves the
 sufficient statistics of every arm towards the prior by a factor ``gamma`` (so with batches of B
@@ -27,84 +33,22 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.errors import SnapshotError
-from pipeline.features import BIAS_KEY, FeatureBatch
-from pipeline.hashing import combine, fmix64, hash_one, hash_strings
+from pipeline.features import FeatureBatch
+from pipeline.learners.bandits import persist
 from pipeline.learners.bandits.arms import ArmTable, grow_rows
-from pipeline.learners.bandits.kernels import from_column, row_chunks, to_list_column
+from pipeline.learners.bandits.contexts import context_vectors
+from pipeline.learners.bandits.kernels import from_column, row_chunks
+from pipeline.learners.bandits.monitor import PolicyMonitor
 from pipeline.learners.base import Policy, StateBundle
+from pipeline.ope import SNIPS
 
 __all__ = ["BanditPolicy", "context_vectors"]
 
-_CONTEXT_SALT = np.uint64(hash_one("context", namespace="bandit"))
-
-
-def context_vectors(
-    batch: FeatureBatch, dim: int, exclude: Sequence[str] = (), include_user: bool = False
-) -> np.ndarray:
-    """Dense contexts ``[n, dim]`` from a batch's hashed features.
-
-    Slot 0 is the bias (1.0). Every other feature of the row (categorical ``name=value`` with value
-    1, numeric features with their standardised value, configured crosses) is folded into slots
-    ``1..dim-1`` by its hashed key, with a hashed sign so that collisions cancel on average
-    (feature hashing, Weinberger et al. 2009). The item's own id is left out: the arm is the item.
-    Features that describe the item rather than the context (price, cuisine) should be named in
-    ``exclude``; crosses that involve ``item_id`` cannot be told apart and should not be configured.
-
-    Parameters
-    ----------
-    batch
-        The featurised micro-batch (not modified).
-    dim
-        Context dimension, >= 2.
-    exclude
-        Feature names (categorical or numeric) to leave out.
-    include_user
-        Fold the user-id hash in as well (one random ±1 slot per user; useful only with many slots).
-
-    Examples
-    --------
-    >>> from pipeline.events import decode_json, EventRules
-    >>> from pipeline.features import Featurizer, FeatureSpec
-    >>> events, _ = decode_json([b'{"event_id":"e","ts":1,"user_id":"u","item_id":"i","label":1,'
-    ...                          b'"features":{"device":"ios"}}'], EventRules())
-    >>> x = context_vectors(Featurizer(FeatureSpec()).transform(events), dim=8)
-    >>> x.shape, float(x[0, 0]), float(np.abs(x[0, 1:]).sum())
-    ((1, 8), 1.0, 1.0)
-    """
-    if dim < 2:
-        raise ValueError(f"dim must be >= 2 to build contexts from features, got {dim}")
-    n = len(batch)
-    out = np.zeros((n, dim))
-    out[:, 0] = 1.0
-    rows = batch.row_of_nnz
-    keys = batch.keys
-    drop = (keys == BIAS_KEY) | (keys == batch.item_hash[rows])
-    if not include_user:
-        drop |= keys == batch.user_hash[rows]
-    if len(exclude):
-        drop |= np.isin(keys, _feature_keys(batch, exclude))
-    keep = ~drop
-    h = fmix64(keys[keep] ^ _CONTEXT_SALT)
-    slot = 1 + (h % np.uint64(dim - 1)).astype(np.int64)
-    sign = np.where((h >> np.uint64(63)) == 1, -1.0, 1.0)
-    flat = rows[keep] * dim + slot
-    out += np.bincount(flat, weights=sign * batch.values[keep], minlength=n * dim).reshape(n, dim)
-    return out
-
-
-def _feature_keys(batch: FeatureBatch, names: Sequence[str]) -> np.ndarray:
-    """The featurizer's keys of the named features in this batch (see pipeline.features)."""
-    names_arr = pa.array(list(names), pa.string())
-    cat = batch.events.column("cat_features")
-    sel = pc.is_in(cat.keys, value_set=names_arr)
-    cat_keys = combine(
-        hash_strings(cat.keys.filter(sel), "feature"), hash_strings(cat.items.filter(sel), "value")
-    )
-    num_keys = np.array([hash_one(name, "numeric") for name in names], dtype=np.uint64)
-    return np.concatenate([cat_keys, num_keys])
+#: mixed into the seed of the generators that evaluation uses, so that it never draws from the
+#: policy's own decision stream
+_EVAL_SALT = 0x5EED_0BE
 
 
 def _positive(name: str, value: float) -> float:
@@ -130,6 +74,9 @@ class BanditPolicy(Policy):
     importance_weighting
         In :meth:`learn`, weight each event by ``1 / propensity`` of the logging policy (events
         without a propensity get weight 1), clipped at ``max_weight``.
+    gauge_window
+        Events over which :meth:`gauges` reports the reward rate and the running SNIPS estimate
+        (0 turns the estimate off, and with it its cost in :meth:`learn`).
     """
 
     kind = "bandit"
@@ -145,6 +92,7 @@ class BanditPolicy(Policy):
         include_user: bool = False,
         importance_weighting: bool = False,
         max_weight: float = 100.0,
+        gauge_window: int = 10_000,
         name: str | None = None,
     ):
         super().__init__(name)
@@ -159,6 +107,14 @@ class BanditPolicy(Policy):
         self.include_user = bool(include_user)
         self.importance_weighting = bool(importance_weighting)
         self.max_weight = _positive("max_weight", max_weight)
+        if (
+            not isinstance(gauge_window, (int, np.integer))
+            or isinstance(gauge_window, bool)
+            or gauge_window < 0
+        ):
+            raise ValueError(f"gauge_window must be an integer >= 0, got {gauge_window!r}")
+        self.gauge_window = int(gauge_window)
+        self._monitor = PolicyMonitor(max(self.gauge_window, 1))
         self._rng = np.random.default_rng(seed)
         self._arms = ArmTable()
         self._n_stats = 0
@@ -178,6 +134,16 @@ class BanditPolicy(Policy):
     @abc.abstractmethod
     def _decide(self, X: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(chosen [n, k] positions into the candidates, propensities [n, k])`` for a chunk."""
+
+    @abc.abstractmethod
+    def _distribution(
+        self, X: np.ndarray, rows: np.ndarray, rng: np.random.Generator, n_mc: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(probabilities [n, m] of each candidate being the top-1 choice, estimated rewards [n, m])``.
+
+        Sampling policies estimate the probabilities with ``n_mc`` draws from ``rng`` (``None``:
+        their own ``n_mc``, or 100 where that is 0).
+        """
 
     @abc.abstractmethod
     def _update_stats(
@@ -276,10 +242,7 @@ class BanditPolicy(Policy):
         """
         X = self._check_contexts(contexts)
         n = X.shape[0]
-        cand = np.asarray(candidates)
-        if cand.ndim not in (1, 2) or (cand.ndim == 2 and cand.shape[0] != n):
-            raise ValueError(f"candidates must have shape [m] or [n={n}, m], got {cand.shape}")
-        rows = self._rows(cand, "candidates")
+        rows = self._candidate_rows(candidates, n)
         m = rows.shape[-1]
         if not (isinstance(k, (int, np.integer)) and 1 <= k <= max(m, 1)) or m == 0:
             raise ValueError(f"k must be an integer in [1, m={m}] and candidates non-empty, got k={k!r}")
@@ -289,6 +252,60 @@ class BanditPolicy(Policy):
         for sl in row_chunks(n, m * (self.dim if rows.ndim == 2 else 4)):
             chosen[sl], props[sl] = self._decide(X[sl], rows if rows.ndim == 1 else rows[sl], int(k))
         return chosen, props
+
+    def _candidate_rows(self, candidates, n: int) -> np.ndarray:
+        cand = np.asarray(candidates)
+        if cand.ndim not in (1, 2) or (cand.ndim == 2 and cand.shape[0] != n):
+            raise ValueError(f"candidates must have shape [m] or [n={n}, m], got {cand.shape}")
+        return self._rows(cand, "candidates")
+
+    def distribution(
+        self,
+        contexts: np.ndarray,
+        candidates: np.ndarray,
+        rng: np.random.Generator | None = None,
+        n_mc: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The top-1 decision as a distribution over the candidates, with the reward estimates.
+
+        This is the target policy of off-policy evaluation: ``probs[i, j]`` is the probability
+        that :meth:`select` with ``k=1`` picks candidate j for context i — 1 on the choice of a
+        deterministic policy (LinUCB, Diag-LinUCB; ties to the lower position), exact for
+        ε-greedy, a Monte-Carlo estimate (``hits / n_mc``) for Thompson sampling. Nothing is
+        learned and the policy's own generator is not used, so evaluating changes no decision.
+
+        Parameters
+        ----------
+        contexts, candidates
+            As in :meth:`select` (unseen candidates are added with their prior statistics).
+        rng
+            Generator for Thompson sampling's draws (default: one seeded from ``seed`` and the
+            number of updates so far, so the result is reproducible).
+        n_mc
+            Draws per context for Thompson sampling (default: the policy's ``n_mc``, or 100 if 0).
+
+        Returns
+        -------
+        probs, means
+            ``[n, m]`` each: rows of ``probs`` sum to 1; ``means`` are the estimated rewards
+            (unclipped, as :meth:`predict_arrays`), the reward model of doubly robust estimates.
+        """
+        X = self._check_contexts(contexts)
+        n = X.shape[0]
+        rows = self._candidate_rows(candidates, n)
+        m = rows.shape[-1]
+        if m == 0:
+            raise ValueError("candidates must be non-empty")
+        if n_mc is not None and not (isinstance(n_mc, (int, np.integer)) and n_mc >= 1):
+            raise ValueError(f"n_mc must be an integer >= 1 or None, got {n_mc!r}")
+        rng = rng if rng is not None else self._eval_rng()
+        probs, means = np.empty((n, m)), np.empty((n, m))
+        for sl in row_chunks(n, m * (self.dim if rows.ndim == 2 else 4)):
+            probs[sl], means[sl] = self._distribution(X[sl], rows if rows.ndim == 1 else rows[sl], rng, n_mc)
+        return probs, means
+
+    def _eval_rng(self) -> np.random.Generator:
+        return np.random.default_rng([_EVAL_SALT, int(self.seed or 0) % (1 << 63), self._updates])
 
     def update(self, contexts, arms, rewards, weights=None) -> None:
         """Learn from ``n`` (context, arm, reward) triples, optionally importance-weighted.
@@ -324,9 +341,12 @@ class BanditPolicy(Policy):
         self._pulls[:n] += np.bincount(rows, minlength=n)
         self._reward_sum[:n] += np.bincount(rows, weights=r, minlength=n)
         self._updates += 1
+        if self.gauge_window:
+            self._monitor.add_rewards(r)
 
     # -- Learner API ---------------------------------------------------------------------------------------
-    def _batch_contexts(self, batch: FeatureBatch) -> np.ndarray:
+    def batch_contexts(self, batch: FeatureBatch) -> np.ndarray:
+        """The ``[n, dim]`` contexts this policy builds from a batch (``[n, 0]`` if it ignores context)."""
         if not self.uses_context:
             return np.zeros((len(batch), 0))
         return context_vectors(batch, self.dim, self.exclude_features, self.include_user)
@@ -340,7 +360,7 @@ class BanditPolicy(Policy):
         if not len(batch):
             return np.zeros(0)
         rows = self._batch_rows(batch)
-        mean, _ = self._mean_var(self._batch_contexts(batch), rows[:, None], need_var=False)
+        mean, _ = self._mean_var(self.batch_contexts(batch), rows[:, None], need_var=False)
         return np.clip(mean[:, 0], 0.0, 1.0)
 
     def learn(self, batch: FeatureBatch, predictions: np.ndarray | None = None) -> None:
@@ -354,64 +374,41 @@ class BanditPolicy(Policy):
             p = batch.events.propensity
             w = np.where(np.isfinite(p) & (p > 0), 1.0 / np.where(p > 0, p, 1.0), 1.0)
             w = np.minimum(w, self.max_weight)
-        self._apply(self._batch_contexts(batch), rows, r, w)
+        X = self.batch_contexts(batch)
+        if self.gauge_window:
+            self._monitor.evaluate(self, batch, X, rows)  # before learning: prequential
+        self._apply(X, rows, r, w)
+
+    # -- gauges ---------------------------------------------------------------------------------------------
+    def gauges(self) -> list[tuple[str, dict[str, str], float]]:
+        """Prometheus gauges: known arms, the reward rate and the SNIPS value over ``gauge_window`` events.
+
+        The reward rate is the mean reward of the last ``gauge_window`` learned events; the
+        value estimate is SNIPS (:mod:`pipeline.ope`) of this policy's top-1 choice against the
+        logged propensities over the same events, each evaluated before it was learned
+        (prequential; :meth:`.monitor.PolicyMonitor.evaluate` says which events and candidates). Gauges whose window is
+        still empty are left out.
+        """
+        out = [("streamlearn_bandit_arms", {"policy": self.name}, float(self.n_arms))]
+        if not self.gauge_window:
+            return out
+        rate, value = self._monitor.reward_rate(), self._monitor.value()
+        if math.isfinite(rate):
+            labels = {"policy": self.name, "window": str(self.gauge_window)}
+            out.append(("streamlearn_bandit_reward_rate", labels, rate))
+        if math.isfinite(value):
+            labels = {"policy": self.name, "estimator": SNIPS.name}
+            out.append(("streamlearn_policy_value_estimate", labels, value))
+        return out
 
     # -- state ------------------------------------------------------------------------------------------------
     def state(self) -> StateBundle:
-        """Table ``arms`` (one row per arm: arm_id, pulls, reward_sum, statistics) and ``meta``."""
-        n = self.n_arms
-        cols: dict[str, pa.Array] = {
-            "arm_id": pa.array(self._arms.ids, pa.string()),
-            "pulls": pa.array(self._pulls[:n].copy()),
-            "reward_sum": pa.array(self._reward_sum[:n].copy()),
-        }
-        for name, arr in self._stat_columns().items():
-            cols[name] = to_list_column(arr) if arr.ndim == 2 else pa.array(arr.copy())
-        rng = self._rng.bit_generator.state
-        meta = {
-            "class": type(self).__name__,
-            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in self.params().items()},
-            "updates": self._updates,
-            "rng": {
-                "bit_generator": rng["bit_generator"],
-                "state": {k: str(v) for k, v in rng["state"].items()},
-            },
-            "rng_extra": [int(rng["has_uint32"]), int(rng["uinteger"])],
-        }
-        return StateBundle(tables={"arms": pa.table(cols)}, meta=meta)
+        """Tables ``arms`` (one row per arm: arm_id, pulls, reward_sum, statistics) and the gauges'
+        windows (``recent_rewards``, ``recent_rounds``), and ``meta`` (see :mod:`.persist`)."""
+        return persist.state_bundle(self)
 
     def load_state(self, bundle: StateBundle) -> None:
-        meta = bundle.meta
-        if meta.get("class") != type(self).__name__:
-            raise SnapshotError(
-                f"state meta 'class' is {meta.get('class')!r}, expected {type(self).__name__!r}"
-            )
-        if int(meta.get("params", {}).get("dim", self.dim)) != self.dim:
-            raise SnapshotError(
-                f"state meta params 'dim' is {meta['params']['dim']}, this policy has dim={self.dim}"
-            )
-        if "arms" not in bundle.tables:
-            raise SnapshotError("state has no 'arms' table")
-        table = bundle.tables["arms"]
-        for col in ("arm_id", "pulls", "reward_sum"):
-            if col not in table.column_names:
-                raise SnapshotError(f"arms table lacks column {col!r}")
-        ids = table.column("arm_id").to_pylist()
-        n = len(ids)
-        self._arms = ArmTable(ids)
-        self._pulls = from_column(table.column("pulls"), None, "pulls").astype(np.int64)
-        self._reward_sum = from_column(table.column("reward_sum"), None, "reward_sum")
-        self._load_stat_columns(table, n)
-        self._n_stats = n
-        self._updates = int(meta.get("updates", 0))
-        rng = meta["rng"]
-        self._rng = np.random.default_rng()
-        self._rng.bit_generator.state = {
-            "bit_generator": rng["bit_generator"],
-            "state": {k: int(v) for k, v in rng["state"].items()},
-            "has_uint32": meta["rng_extra"][0],
-            "uinteger": meta["rng_extra"][1],
-        }
+        persist.load_bundle(self, bundle)
 
     def _column(self, table: pa.Table, name: str, width: int | None) -> np.ndarray:
         if name not in table.column_names:

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from pipeline.learners.bandits.arms import grow_rows
 from pipeline.learners.bandits.base import BanditPolicy, _positive
-from pipeline.learners.bandits.kernels import top_k
+from pipeline.learners.bandits.kernels import one_hot, top_k
 
 __all__ = ["DiagLinUCB"]
 
@@ -42,7 +42,7 @@ class DiagLinUCB(BanditPolicy):
         Width of the confidence bound (>= 0).
     lam
         Initial value of every ``d`` (> 0), the diagonal ridge prior.
-    gamma, seed, exclude_features, include_user, importance_weighting, max_weight, name
+    gamma, seed, exclude_features, include_user, importance_weighting, max_weight, gauge_window, name
         See :class:`~pipeline.learners.bandits.base.BanditPolicy`. Discounting moves ``d``
         towards λ and ``b`` towards 0; merging discounted workers is then only approximate.
     """
@@ -60,6 +60,7 @@ class DiagLinUCB(BanditPolicy):
         include_user: bool = False,
         importance_weighting: bool = False,
         max_weight: float = 100.0,
+        gauge_window: int = 10_000,
         name: str | None = None,
     ):
         super().__init__(
@@ -70,6 +71,7 @@ class DiagLinUCB(BanditPolicy):
             include_user=include_user,
             importance_weighting=importance_weighting,
             max_weight=max_weight,
+            gauge_window=gauge_window,
             name=name,
         )
         if not (isinstance(alpha, (int, float)) and np.isfinite(alpha) and alpha >= 0):
@@ -103,11 +105,18 @@ class DiagLinUCB(BanditPolicy):
         mean = np.einsum("nd,nmd->nm", X, self._ratio[rows])
         return mean, (np.einsum("nd,nmd->nm", X * X, self._inv_d[rows]) if need_var else None)
 
-    def _decide(self, X: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _scores(self, X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(upper confidence bounds, means)``, both ``[n, m]``."""
         mean, var = self._mean_var(X, rows, need_var=self.alpha > 0)
-        score = mean + self.alpha * np.sqrt(var) if self.alpha > 0 else mean
-        chosen = top_k(score, k)
+        return (mean + self.alpha * np.sqrt(var) if self.alpha > 0 else mean), mean
+
+    def _decide(self, X: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        chosen = top_k(self._scores(X, rows)[0], k)
         return chosen, np.ones(chosen.shape)
+
+    def _distribution(self, X, rows, rng, n_mc):
+        score, mean = self._scores(X, rows)
+        return one_hot(score.argmax(axis=1), score.shape[1]), mean
 
     # -- learning ---------------------------------------------------------------------------------------
     def _update_stats(

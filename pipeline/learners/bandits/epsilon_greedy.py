@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.learners.bandits.kernels import top_k
+from pipeline.learners.bandits.kernels import one_hot, top_k
 from pipeline.learners.bandits.linucb import RidgeArms
 
 __all__ = ["EpsilonGreedy"]
@@ -38,7 +38,7 @@ class EpsilonGreedy(RidgeArms):
         Exploration probability in [0, 1].
     lam
         Ridge prior of a new arm (> 0).
-    gamma, seed, exclude_features, include_user, importance_weighting, max_weight, name
+    gamma, seed, exclude_features, include_user, importance_weighting, max_weight, gauge_window, name
         See :class:`~pipeline.learners.bandits.base.BanditPolicy`.
     """
 
@@ -55,6 +55,7 @@ class EpsilonGreedy(RidgeArms):
         include_user: bool = False,
         importance_weighting: bool = False,
         max_weight: float = 100.0,
+        gauge_window: int = 10_000,
         name: str | None = None,
     ):
         super().__init__(
@@ -66,6 +67,7 @@ class EpsilonGreedy(RidgeArms):
             include_user=include_user,
             importance_weighting=importance_weighting,
             max_weight=max_weight,
+            gauge_window=gauge_window,
             name=name,
         )
         if not (isinstance(epsilon, (int, float)) and 0 <= epsilon <= 1):
@@ -86,3 +88,8 @@ class EpsilonGreedy(RidgeArms):
                 chosen[explore] = top_k(self._rng.random((len(explore), m)), k)
         props = (1.0 - self.epsilon) * (chosen == greedy) + self.epsilon / m
         return chosen, props
+
+    def _distribution(self, X, rows, rng, n_mc):
+        mean, _ = self._mean_var(X, rows, need_var=False)
+        m = mean.shape[1]
+        return (1.0 - self.epsilon) * one_hot(mean.argmax(axis=1), m) + self.epsilon / m, mean

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from pipeline.errors import SnapshotError
 
-__all__ = ["BUDGET", "from_column", "row_chunks", "to_list_column", "top_k"]
+__all__ = ["BUDGET", "from_column", "one_hot", "row_chunks", "to_list_column", "top_k"]
 
 #: float64 elements that one temporary may hold (32 MiB); hot loops chunk their work to stay under it
 BUDGET = 1 << 22
@@ -32,6 +32,17 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     vals = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -vals), axis=-1)
     return np.take_along_axis(part, order, axis=1)
+
+
+def one_hot(index: np.ndarray, m: int) -> np.ndarray:
+    """``[n, m]`` float rows with 1.0 at ``index[i]``: the distribution of a deterministic choice.
+
+    >>> one_hot(np.array([2, 0]), 3).tolist()
+    [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    """
+    out = np.zeros((len(index), m))
+    out[np.arange(len(index)), index] = 1.0
+    return out
 
 
 def row_chunks(n: int, cost_per_row: int, budget: int = BUDGET) -> Iterator[slice]:

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from pipeline.learners.bandits.arms import grow_rows
 from pipeline.learners.bandits.base import BanditPolicy, _positive
-from pipeline.learners.bandits.kernels import BUDGET, row_chunks, top_k
+from pipeline.learners.bandits.kernels import BUDGET, one_hot, row_chunks, top_k
 
 __all__ = ["LinUCB", "RidgeArms"]
 
@@ -163,7 +163,7 @@ class LinUCB(RidgeArms):
         Width of the confidence bound (>= 0).
     lam
         Ridge prior of a new arm (> 0).
-    gamma, seed, exclude_features, include_user, importance_weighting, max_weight, name
+    gamma, seed, exclude_features, include_user, importance_weighting, max_weight, gauge_window, name
         See :class:`~pipeline.learners.bandits.base.BanditPolicy`.
     """
 
@@ -180,6 +180,7 @@ class LinUCB(RidgeArms):
         include_user: bool = False,
         importance_weighting: bool = False,
         max_weight: float = 100.0,
+        gauge_window: int = 10_000,
         name: str | None = None,
     ):
         super().__init__(
@@ -191,14 +192,23 @@ class LinUCB(RidgeArms):
             include_user=include_user,
             importance_weighting=importance_weighting,
             max_weight=max_weight,
+            gauge_window=gauge_window,
             name=name,
         )
         if not (isinstance(alpha, (int, float)) and np.isfinite(alpha) and alpha >= 0):
             raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
         self.alpha = float(alpha)
 
-    def _decide(self, X: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _scores(self, X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(upper confidence bounds, means)``, both ``[n, m]``."""
         mean, var = self._mean_var(X, rows, need_var=self.alpha > 0)
         score = mean + self.alpha * np.sqrt(np.maximum(var, 0.0)) if self.alpha > 0 else mean
-        chosen = top_k(score, k)
+        return score, mean
+
+    def _decide(self, X: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        chosen = top_k(self._scores(X, rows)[0], k)
         return chosen, np.ones(chosen.shape)
+
+    def _distribution(self, X, rows, rng, n_mc):
+        score, mean = self._scores(X, rows)
+        return one_hot(score.argmax(axis=1), score.shape[1]), mean

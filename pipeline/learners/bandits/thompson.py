@@ -32,7 +32,7 @@ from pipeline.learners.bandits.base import BanditPolicy, _positive
 from pipeline.learners.bandits.kernels import BUDGET, top_k
 from pipeline.learners.bandits.linucb import RidgeArms
 
-__all__ = ["BetaThompson", "LinearThompson", "mc_propensities"]
+__all__ = ["BetaThompson", "LinearThompson", "mc_choice_probabilities", "mc_propensities"]
 
 
 def mc_propensities(draw: Callable[[int], np.ndarray], chosen: np.ndarray, n_mc: int, m: int) -> np.ndarray:
@@ -52,6 +52,30 @@ def mc_propensities(draw: Callable[[int], np.ndarray], chosen: np.ndarray, n_mc:
         hits += (top_k(scores, k).reshape(s, n, k) == chosen[None]).sum(axis=0)
         done += s
     return (1.0 + hits) / (1.0 + n_mc)
+
+
+def mc_choice_probabilities(draw: Callable[[int], np.ndarray], n: int, m: int, n_mc: int) -> np.ndarray:
+    """``[n, m]`` share of ``n_mc`` independent draws in which each candidate scores highest.
+
+    ``draw(s)`` returns ``s`` score draws ``[s, n, m]``; ties go to the lower index, as in
+    :func:`~pipeline.learners.bandits.kernels.top_k`. Unbiased for the probability that a decision
+    picks the candidate, with standard error ``sqrt(p (1 - p) / n_mc)``.
+    """
+    hits = np.zeros(n * m)
+    step = max(1, BUDGET // max(1, n * m))
+    done = 0
+    offsets = np.arange(n) * m
+    while done < n_mc:
+        s = min(step, n_mc - done)
+        best = draw(s).reshape(s, n, m).argmax(axis=2)
+        hits += np.bincount((best + offsets).ravel(), minlength=n * m)
+        done += s
+    return (hits / n_mc).reshape(n, m)
+
+
+def _draws(policy_n_mc: int, n_mc: int | None) -> int:
+    """Draws for a distribution: as asked, else the policy's own ``n_mc``, else 100."""
+    return n_mc if n_mc is not None else (policy_n_mc or 100)
 
 
 def _check_n_mc(n_mc) -> int:
@@ -76,7 +100,7 @@ class LinearThompson(RidgeArms):
         Ridge prior of a new arm (> 0).
     n_mc
         Monte-Carlo draws per decision for the propensity (see the module docstring).
-    gamma, seed, exclude_features, include_user, importance_weighting, max_weight, name
+    gamma, seed, exclude_features, include_user, importance_weighting, max_weight, gauge_window, name
         See :class:`~pipeline.learners.bandits.base.BanditPolicy`.
     """
 
@@ -94,6 +118,7 @@ class LinearThompson(RidgeArms):
         include_user: bool = False,
         importance_weighting: bool = False,
         max_weight: float = 100.0,
+        gauge_window: int = 10_000,
         name: str | None = None,
     ):
         super().__init__(
@@ -105,6 +130,7 @@ class LinearThompson(RidgeArms):
             include_user=include_user,
             importance_weighting=importance_weighting,
             max_weight=max_weight,
+            gauge_window=gauge_window,
             name=name,
         )
         if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
@@ -122,6 +148,16 @@ class LinearThompson(RidgeArms):
         chosen = top_k(draw(1)[0], k)
         return chosen, mc_propensities(draw, chosen, self.n_mc, rows.shape[-1])
 
+    def _distribution(self, X, rows, rng, n_mc):
+        mean, var = self._mean_var(X, rows)
+        sd = self.v * np.sqrt(np.maximum(var, 0.0))
+        n, m = mean.shape
+
+        def draw(s: int) -> np.ndarray:
+            return mean + sd * rng.standard_normal((s, n, m))
+
+        return mc_choice_probabilities(draw, n, m, _draws(self.n_mc, n_mc)), mean
+
 
 class BetaThompson(BanditPolicy):
     """Beta-Bernoulli Thompson sampling per item; ignores the context.
@@ -137,7 +173,7 @@ class BetaThompson(BanditPolicy):
         Default prior of a new arm (> 0).
     n_mc
         Monte-Carlo draws per decision for the propensity (see the module docstring).
-    gamma, seed, importance_weighting, max_weight, name
+    gamma, seed, importance_weighting, max_weight, gauge_window, name
         See :class:`~pipeline.learners.bandits.base.BanditPolicy`.
     """
 
@@ -153,6 +189,7 @@ class BetaThompson(BanditPolicy):
         seed: int = 0,
         importance_weighting: bool = False,
         max_weight: float = 100.0,
+        gauge_window: int = 10_000,
         name: str | None = None,
     ):
         super().__init__(
@@ -161,6 +198,7 @@ class BetaThompson(BanditPolicy):
             seed=seed,
             importance_weighting=importance_weighting,
             max_weight=max_weight,
+            gauge_window=gauge_window,
             name=name,
         )
         self.alpha_prior = _positive("alpha_prior", alpha_prior)
@@ -213,6 +251,16 @@ class BetaThompson(BanditPolicy):
 
         chosen = top_k(draw(1)[0], k)
         return chosen, mc_propensities(draw, chosen, self.n_mc, rows.shape[-1])
+
+    def _distribution(self, X, rows, rng, n_mc):
+        a, b = self._alpha[rows], self._beta[rows]
+        n, m = X.shape[0], rows.shape[-1]
+        mean = np.broadcast_to(a / (a + b), (n, m))
+
+        def draw(s: int) -> np.ndarray:
+            return rng.beta(a, b, size=(s, n, m))
+
+        return mc_choice_probabilities(draw, n, m, _draws(self.n_mc, n_mc)), mean
 
     def _update_stats(
         self, X: np.ndarray, rows: np.ndarray, rewards: np.ndarray, weights: np.ndarray
