@@ -23,7 +23,10 @@ import math
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+# `_created` timestamps double the series count and no dashboard uses them
+disable_created_metrics()
 
 __all__ = ["METRIC_NAMES", "StreamMetrics"]
 
@@ -196,6 +199,17 @@ class StreamMetrics:
                 continue
             for metric, labels, value in gauges():
                 self.set_named(metric, labels, value)
+
+    def record_snapshots(self, checkpointer: Any) -> None:
+        """Drain a checkpointer's finished snapshots into the snapshot metrics (consuming thread)."""
+        for result in checkpointer.take_results():
+            if result.ok:
+                self.snapshot_duration.observe(result.duration_s)
+            else:
+                self.snapshot_failures.inc()
+        last = checkpointer.stats().get("last_success_ts")
+        if last:
+            self.snapshot_last_success.set(last)
 
     def set_named(self, metric: str, labels: dict[str, str], value: float) -> None:
         """Set a gauge (or advance a counter to ``value``) by its metric name; unknown names are an error."""

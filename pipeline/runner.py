@@ -240,6 +240,15 @@ class Runner:
             row.update(wm.get())
             self.history.append(row)
 
+    def take_drift_events(self) -> list[dict[str, Any]]:
+        """Drift alarms raised since the last call, from every observer that records them."""
+        rows: list[dict[str, Any]] = []
+        for obs in self.observers:
+            take = getattr(obs, "take_events", None)
+            if take is not None:
+                rows.extend(take())
+        return rows
+
     def take_history(self) -> list[dict[str, Any]]:
         """Metric rows recorded since the last call (the snapshot writer drains them)."""
         rows, self.history = self.history, []

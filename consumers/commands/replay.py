@@ -43,6 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--snapshot-every", type=positive_int, metavar="N", help="snapshot every N events (with --state-dir)"
     )
     p.add_argument("--summary-json", metavar="FILE", help="also write the closing summary as JSON")
+    p.add_argument(
+        "--metrics-port",
+        type=positive_int,
+        metavar="PORT",
+        help="serve /metrics, /healthz and /readyz on this port during the replay (0 picks a free one)",
+    )
     p.add_argument("--no-progress", action="store_true", help="do not print the progress line")
     p.set_defaults(func=run)
 
@@ -71,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     checkpointer = None
     if config.snapshot.dir:
         checkpointer = _open_checkpointer(config, runner, source)
+    metrics, server = _open_metrics(args, config, runner)
 
     stop = {"signal": None}
 
@@ -88,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         for raw in source:
             result = runner.process(raw)
             read += result.records
+            if metrics is not None and checkpointer is not None:
+                metrics.record_snapshots(checkpointer)
             c = runner.counters
             where = f"{os.path.basename(source.current_file or '')} #{result.positions.get(source.current_file, 0):,}"
             progress.update(c["records"], c["applied"], c["dead_letters"], where, _progress_extra(runner))
@@ -103,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(s, h)
         progress.close()
         sink.close()
+        if server is not None:
+            server.stop()
         if checkpointer is not None:
             try:
                 # Only a batch boundary is a consistent state: after an exception mid-batch the
@@ -123,6 +134,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"stopped by signal {signal.Signals(stop['signal']).name}", file=sys.stderr)
         return 130
     return 0
+
+
+def _open_metrics(args, config, runner: Runner):
+    """StreamMetrics as an observer plus the ops HTTP server, when a metrics port is asked for."""
+    port = args.metrics_port if args.metrics_port is not None else (config.metrics.port or None)
+    if port is None:
+        return None, None
+    from consumers.http_server import OpsServer
+    from pipeline.metrics import StreamMetrics
+
+    metrics = StreamMetrics()
+    runner.observers.append(metrics)
+    server = OpsServer(metrics, config.metrics.address, port)
+    server.start()
+    server.set_ready(True)
+    print(f"metrics on http://{config.metrics.address}:{server.port}/metrics", file=sys.stderr)
+    return metrics, server
 
 
 def _open_checkpointer(config, runner: Runner, source: FileSource):
