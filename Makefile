@@ -30,9 +30,11 @@ demo: install
 	$(BIN)/streamlearn replay examples/stream.jsonl.gz \
 	    --learner ftrl --learner river:linear_model.LogisticRegression \
 	    --dead-letter $(OUT)/demo/dead_letters.jsonl --state-dir $(OUT)/demo/state \
-	    --summary-json $(OUT)/demo/summary.json
+	    --summary-json $(OUT)/demo/summary.json \
+	    --report $(OUT)/demo/report --drift-points 20000,40000,60000,75000
 	@echo
 	@echo "snapshots:" && $(BIN)/streamlearn state list --state-dir $(OUT)/demo/state
+	@echo "report: $(OUT)/demo/report/index.html"
 
 lint: install
 	$(BIN)/ruff check .
@@ -48,7 +50,7 @@ prometheus-install:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
 	    || { echo "could not install prometheus: run 'apt-get install prometheus' as root"; exit 1; }; }
 
-test: install lint
+test: install lint prometheus-install
 	$(BIN)/pytest -q
 
 test-fast: install

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.drift.settings import DriftSettings
 from pipeline.errors import ConfigError
 from pipeline.events import DEFAULT_EVENT_TYPES
 
@@ -161,6 +162,7 @@ class Config:
     dead_letter: DeadLetterConfig = field(default_factory=DeadLetterConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    drift: DriftSettings = field(default_factory=DriftSettings)
     seed: int = 0
 
     def to_dict(self) -> dict:

@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from pipeline.events import DeadLetter, EventBatch, EventRules, attach_origins, 
 from pipeline.features import FeatureBatch, FeatureSpec, Featurizer
 from pipeline.learners.base import Learner, StateBundle
 from pipeline.learners.registry import build_learner
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BatchResult", "DeadLetterSink", "RawBatch", "Runner", "RunnerObserver"]
 
@@ -280,6 +283,11 @@ class Runner:
         bundles = {"_runner": StateBundle(tables=tables, arrays={"dedup": self.dedup.state()}, meta=meta)}
         for learner in self.learners:
             bundles[learner.name] = learner.state()
+        for obs in self.observers:
+            # stateful observers (drift detectors) resume with the model they watch
+            key = getattr(obs, "state_key", None)
+            if key is not None:
+                bundles[key] = obs.state()
         return bundles
 
     def load_state(self, bundles: dict[str, StateBundle]) -> None:
@@ -301,3 +309,11 @@ class Runner:
                 wm.load_state(own.tables[key], int(meta["window_seen"].get(name, 0)))
         for learner in self.learners:
             learner.load_state(bundles[learner.name])
+        for obs in self.observers:
+            key = getattr(obs, "state_key", None)
+            if key is not None and key in bundles:
+                try:
+                    obs.load_state(bundles[key])
+                except (ValueError, KeyError) as exc:
+                    # observer settings are not part of the config hash: start it afresh rather than fail
+                    logger.warning("could not restore %s state (%s); starting it afresh", key, exc)

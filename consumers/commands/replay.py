@@ -13,6 +13,8 @@ from consumers.file_dead_letter import FileDeadLetterSink
 from consumers.file_source import FileSource
 from consumers.progress import Progress, format_summary
 from pipeline.config import config_hash
+from pipeline.drift import DriftMonitor
+from pipeline.report import ReportRecorder, write_report
 from pipeline.runner import Runner
 
 __all__ = ["register", "run"]
@@ -43,6 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--snapshot-every", type=positive_int, metavar="N", help="snapshot every N events (with --state-dir)"
     )
     p.add_argument("--summary-json", metavar="FILE", help="also write the closing summary as JSON")
+    p.add_argument("--report", metavar="DIR", help="write PNG plots and an index.html about the run into DIR")
+    p.add_argument(
+        "--drift-points",
+        type=_event_list,
+        default=(),
+        metavar="N,N,...",
+        help="known drift points (event indices, e.g. a simulated stream's) to mark in the report",
+    )
     p.add_argument(
         "--metrics-port",
         type=positive_int,
@@ -51,6 +61,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="do not print the progress line")
     p.set_defaults(func=run)
+
+
+def _event_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated event indices, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"event indices must be >= 0, got {text!r}")
+    return values
 
 
 def _progress_extra(runner: Runner) -> str:
@@ -74,10 +94,19 @@ def run(args: argparse.Namespace) -> int:
     source = FileSource(args.paths, config.source.batch_size, config.source.format, args.start_at)
     sink = FileDeadLetterSink(args.dead_letter or config.dead_letter.path)
     runner = Runner.from_config(config, dead_letters=sink)
+    # observer order matters: metrics and drift see a batch before the recorder and the
+    # checkpointer, so that a batch's alarms land in the snapshot that covers the batch
+    metrics, server = _open_metrics(args, config, runner)
+    drift = DriftMonitor.from_config(config.drift, metrics)
+    if drift is not None:
+        runner.observers.append(drift)
+    recorder = None
+    if args.report:
+        recorder = ReportRecorder(min(config.evaluation.report_every, 2000), drift=drift)
+        runner.observers.append(recorder)
     checkpointer = None
     if config.snapshot.dir:
         checkpointer = _open_checkpointer(config, runner, source)
-    metrics, server = _open_metrics(args, config, runner)
 
     stop = {"signal": None}
 
@@ -130,6 +159,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"\ndead letters written to {sink.path}")
     if args.summary_json:
         write_json(args.summary_json, summary)
+    if recorder is not None:
+        page = write_report(
+            args.report,
+            recorder.data(summary),
+            title=f"streamlearn replay: {', '.join(args.paths)}",
+            truth=args.drift_points,
+        )
+        print(f"report written to {page}")
     if stop["signal"] is not None:
         print(f"stopped by signal {signal.Signals(stop['signal']).name}", file=sys.stderr)
         return 130
