@@ -22,6 +22,10 @@ COMMANDS = (
     "consumers.commands.validate",
     "consumers.commands.simulate",
     "consumers.commands.state",
+    "consumers.commands.evaluate",
+    "consumers.commands.pretrain",
+    "consumers.commands.worker",
+    "consumers.commands.produce",
 )
 
 

@@ -109,7 +109,7 @@ class StreamMetrics:
         )
         self.bandit_reward_rate = Gauge(
             "streamlearn_bandit_reward_rate",
-            "Mean reward of a policy's matched decisions.",
+            "Mean reward of the last W events a policy learned.",
             ["policy", "window"],
             registry=r,
         )

@@ -383,6 +383,8 @@ def test_registry_builds_every_policy_kind():
         (lambda: LinUCB(dim=2).update(np.ones((2, 2)), ["a"], [1.0]), "contexts"),
         (lambda: BetaThompson().update(None, ["a"], [2.0]), "rewards"),
         (lambda: LinUCB(dim=2).update(np.ones((1, 2)), [-1], [1.0]), "arms"),
+        (lambda: LinUCB(dim=2, gauge_window=-1), "gauge_window"),
+        (lambda: LinearThompson(dim=2).distribution(np.ones((1, 2)), ["a"], n_mc=0), "n_mc"),
     ],
 )
 def test_invalid_arguments_raise_naming_the_argument(call, match):

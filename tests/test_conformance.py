@@ -53,6 +53,11 @@ class Case:
 CONFORMANCE_LEARNERS: list[Case] = [
     Case("ftrl", {"bits": 14, "alpha": 0.1}),
     Case("river:linear_model.LogisticRegression"),
+    Case("linucb", {"dim": 8}),
+    Case("diag_linucb", {"dim": 8}),
+    Case("linear_ts", {"dim": 8, "n_mc": 8}),
+    Case("beta_ts", {"n_mc": 8}),
+    Case("epsilon_greedy", {"dim": 8}),
 ]
 
 N = 400  # events per half of a run

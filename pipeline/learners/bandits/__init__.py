@@ -3,7 +3,10 @@
 Every policy is a :class:`~pipeline.learners.base.Policy` with a batch-first array API
 (``select`` / ``update``) and the Learner API over feature batches (``predict`` / ``learn``); every
 decision comes with its propensity so that it can be logged and evaluated off-policy
-(:mod:`pipeline.ope`).
+(:mod:`pipeline.ope`). ``distribution`` gives a policy's top-1 choice as probabilities over the
+candidates (the target policy of off-policy evaluation, :mod:`.offpolicy`, used by
+``streamlearn evaluate``), and ``gauges`` its arms, reward rate and running SNIPS value
+(:mod:`.monitor`).
 """
 
 from __future__ import annotations

@@ -256,6 +256,15 @@ class BetaThompson(BanditPolicy):
         a, b = self._alpha[rows], self._beta[rows]
         n, m = X.shape[0], rows.shape[-1]
         mean = np.broadcast_to(a / (a + b), (n, m))
+        if rows.ndim == 1:
+            # no context: every row has the same distribution, so one estimate serves them all
+            # (with the draws of up to 16 rows: far cheaper than a draw per row and candidate)
+            draws = _draws(self.n_mc, n_mc) * min(n, 16)
+
+            def draw_one(s: int) -> np.ndarray:
+                return rng.beta(a, b, size=(s, 1, m))
+
+            return np.broadcast_to(mc_choice_probabilities(draw_one, 1, m, draws), (n, m)), mean
 
         def draw(s: int) -> np.ndarray:
             return rng.beta(a, b, size=(s, n, m))
