@@ -58,6 +58,7 @@ CONFORMANCE_LEARNERS: list[Case] = [
     Case("linear_ts", {"dim": 8, "n_mc": 8}),
     Case("beta_ts", {"n_mc": 8}),
     Case("epsilon_greedy", {"dim": 8}),
+    Case("error_memory", {"base": "ftrl", "base_params": {"bits": 14, "alpha": 0.1}, "bits": 6, "tables": 4}),
 ]
 
 N = 400  # events per half of a run

@@ -1,0 +1,398 @@
+"""Ablation of the ReLoop2 error memory: base learner vs base + memory on a stream with abrupt drifts.
+
+The simulator's stream (``SimConfig`` defaults, a user x category cross in the features) carries two
+abrupt preference drifts, at 1/3 and 2/3 of it. For every base (``ftrl``, ``neural``, optionally
+``river:linear_model.LogisticRegression``) and seed:
+
+1. **Prequential** (predict, score, learn per micro-batch): one run of ``error_memory(<base>)``
+   gives both arms, because the wrapper trains its base on the base's own predictions — its ``y_base``
+   *is* the base alone (``tests/test_error_memory.py`` checks this bit for bit). Windowed AUC and
+   logloss (trailing ``--window`` events, every ``--step``), and per drift the *recovery time*:
+   events from the drift until a fully post-drift window's AUC is within 1 point of the pre-drift
+   level (mean of the windows ending in the n/12 events before the drift) at two consecutive
+   checkpoints; censored at the next drift. It is reported against the arm's own pre-drift level
+   and against the base's (a memory that lowered the level would otherwise "recover" sooner).
+   "Stationary" is every window that starts n/12 events into the stream and does not overlap
+   ``[drift, drift + n/6)`` (n/6 = 40k at the default 240k events); "after drifts" is the rest.
+   Two schedules for the base: ``online`` (it learns every batch, the pipeline's default) and
+   ``periodic`` (it learns the last slot's batches once per slot, n/12 events — ReLoop2's slowly
+   updated model), while the memory always learns every batch.
+2. **The paper's protocol**: chronological slots; slot 0 trains the base; slot t is scored by the
+   base as it stands (``fixed``: trained on slot 0 only; ``incremental``: one more pass over every
+   earlier slot) and by base + a memory written from slots 1..t-1 with the predictions served then.
+3. **Cost**: steady-state µs per event of the base alone and of the wrapper (predict + learn over
+   the first 40k events in batches of ``--cost-batch``, the runner's default 2,000; a quarter of
+   them warms both up, the rest is timed in alternating runs, best of ``--repeats``), BLAS and
+   torch on one thread.
+
+Usage: ``python benchmarks/error_memory.py [--quick] [--events N] [--seeds 0 1 2] [--river]``;
+writes ``benchmarks/results/error_memory.json`` and ``error_memory.png`` and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, save, table
+
+from pipeline.evaluation import auc, logloss
+from pipeline.events import EventRules, decode_arrow
+from pipeline.features import FeatureSpec, Featurizer
+from pipeline.learners.error_memory import ErrorMemoryLearner
+from pipeline.learners.registry import build_learner, known_kinds
+from pipeline.simulate import Drift, Simulator
+
+#: memory configuration under test (the learner's defaults, spelled out)
+MEMORY = {"bits": 10, "tables": 8, "tau": 1.0, "lam": 0.5, "gamma": 0.0, "decay": 0.98, "key_dim": 16}
+BASES = {
+    "ftrl": {},
+    "neural": {"dim": 16, "hidden": [64, 32], "user_rows": 4096, "item_rows": 1024, "feature_rows": 512},
+    "river:linear_model.LogisticRegression": {},
+}
+
+
+def stream(seed: int, n: int, batch: int) -> tuple[list, tuple[int, ...]]:
+    drifts = (n // 3, 2 * n // 3)
+    sim = Simulator(seed=seed, drifts=tuple(Drift(d, "abrupt") for d in drifts))
+    featurizer = Featurizer(FeatureSpec(crosses=(("user_id", "category"),)))
+    batches = [featurizer.transform(decode_arrow(rb, EventRules())[0]) for rb in sim.batches(n, batch)]
+    return batches, drifts
+
+
+def wrapper(base: str, seed: int) -> ErrorMemoryLearner:
+    return ErrorMemoryLearner(base, dict(BASES[base]), seed=seed, **MEMORY)
+
+
+# ------------------------------------------------------------------------------ prequential
+def prequential(base: str, batches: list, seed: int, period: int = 0) -> dict[str, np.ndarray]:
+    """Online: the base learns every batch. ``period > 0``: it learns the last ``period`` batches at
+    once every ``period`` batches (a slowly updated model), while the memory still learns every batch."""
+    model = wrapper(base, seed)
+    learner = model.base_learner
+    out: dict[str, list] = {"base": [], "memory": [], "label": []}
+    pending = []
+    for fb in batches:
+        if period:
+            served = model.serve(fb)
+            y_base, y = served.y_base, served.y
+            model.remember(fb, served)
+            pending.append(fb)
+            if len(pending) == period:
+                for old in pending:
+                    learner.learn(old, learner.predict(old))
+                pending = []
+        else:
+            y_base, y = model.predict_with_base(fb)
+            model.learn(fb, y)
+        out["base"].append(y_base)
+        out["memory"].append(y)
+        out["label"].append(fb.labels)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def windowed(labels: np.ndarray, preds: np.ndarray, window: int, step: int) -> dict[str, np.ndarray]:
+    ends = np.arange(window, len(labels) + 1, step)
+    return {
+        "ends": ends,
+        "auc": np.array([auc(labels[e - window : e], preds[e - window : e]) for e in ends]),
+        "logloss": np.array([logloss(labels[e - window : e], preds[e - window : e]) for e in ends]),
+    }
+
+
+def pre_level(curve: dict, drift: int, span: int) -> float:
+    ends = curve["ends"]
+    return float(curve["auc"][(ends > drift - span) & (ends <= drift)].mean())
+
+
+def recovery(curve: dict, drift: int, level: float, until: int, window: int) -> float:
+    """Events from ``drift`` to the first of two consecutive post-drift windows back within 1 point."""
+    ends, ok = curve["ends"], curve["auc"] >= level - 0.01
+    idx = np.flatnonzero((ends >= drift + window) & (ends <= until))
+    for a, b in itertools.pairwise(idx):
+        if ok[a] and ok[b]:
+            return float(ends[a] - drift)
+    return float("nan")  # not recovered before the next drift (censored)
+
+
+def stationary(ends: np.ndarray, drifts: tuple[int, ...], window: int, n: int) -> np.ndarray:
+    mask = ends - window >= n // 12
+    for d in drifts:
+        mask &= (ends <= d) | (ends - window >= d + n // 6)
+    return mask
+
+
+def score_prequential(run: dict, drifts: tuple[int, ...], window: int, step: int) -> dict:
+    curves = {arm: windowed(run["label"], run[arm], window, step) for arm in ("base", "memory")}
+    n = len(run["label"])
+    bounds = [*drifts[1:], n]
+    out: dict = {"curves": curves}
+    base_levels = [pre_level(curves["base"], d, n // 12) for d in drifts]
+    for arm, curve in curves.items():
+        mask = stationary(curve["ends"], drifts, window, n)
+        own = [recovery(curve, d, pre_level(curve, d, n // 12), u, window) for d, u in zip(drifts, bounds)]
+        common = [recovery(curve, d, lv, u, window) for d, u, lv in zip(drifts, bounds, base_levels)]
+        post = ~mask & (curve["ends"] - window >= drifts[0])
+        out[arm] = {
+            "stationary_auc": float(np.nanmean(curve["auc"][mask])),
+            "post_drift_auc": float(np.nanmean(curve["auc"][post])),
+            "post_drift_logloss": float(np.nanmean(curve["logloss"][post])),
+            "logloss": logloss(run["label"], run[arm]),
+            "auc": auc(run["label"], run[arm]),
+            "recovery_own": own,
+            "recovery_vs_base_level": common,
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------ slots (the paper's protocol)
+def slot_protocol(base: str, batches: list, seed: int, slots: int) -> dict[str, list[dict]]:
+    per_slot = -(-len(batches) // slots)
+    parts = [batches[i * per_slot : (i + 1) * per_slot] for i in range(slots)]
+    out: dict[str, list[dict]] = {}
+    for mode in ("fixed", "incremental"):
+        model = wrapper(base, seed)
+        learner = model.base_learner
+        for fb in parts[0]:
+            learner.learn(fb, learner.predict(fb))
+        rows = []
+        for t in range(1, slots):
+            served = [model.serve(fb) for fb in parts[t]]  # the memory is read-only within a slot
+            labels = np.concatenate([fb.labels for fb in parts[t]])
+            y_base = np.concatenate([s.y_base for s in served])
+            y_mem = np.concatenate([s.y for s in served])
+            rows.append(
+                {
+                    "slot": t,
+                    "base_auc": auc(labels, y_base),
+                    "memory_auc": auc(labels, y_mem),
+                    "base_logloss": logloss(labels, y_base),
+                    "memory_logloss": logloss(labels, y_mem),
+                }
+            )
+            for fb, s in zip(parts[t], served):
+                model.remember(fb, s)
+                if mode == "incremental":
+                    learner.learn(fb, learner.predict(fb))
+        out[mode] = rows
+    return out
+
+
+# ------------------------------------------------------------------------------ cost
+def cost(base: str, batches: list, seed: int, repeats: int) -> dict[str, float]:
+    """Steady-state µs per event: both learners first see a quarter of the batches (first touches of
+    fresh tables cost page faults, once), then the rest is timed alternately, best of ``repeats``."""
+    warm, timed = batches[: len(batches) // 4], batches[len(batches) // 4 :]
+    models = {"base": build_learner(base, params=dict(BASES[base])), "memory": wrapper(base, seed)}
+    for model in models.values():
+        for fb in warm:
+            model.learn(fb, model.predict(fb))
+    best = {"base": np.inf, "memory": np.inf}
+    for _ in range(repeats):
+        for arm, model in models.items():
+            start = time.perf_counter()
+            for fb in timed:
+                model.learn(fb, model.predict(fb))
+            best[arm] = min(best[arm], time.perf_counter() - start)
+    n = sum(len(fb) for fb in timed)
+    us = {arm: 1e6 * s / n for arm, s in best.items()}
+    return {
+        "base_us": us["base"],
+        "memory_us": us["memory"],
+        "overhead_pct": 100 * (us["memory"] / us["base"] - 1),
+    }
+
+
+# ------------------------------------------------------------------------------ report
+def plot(curves: dict, slots: dict, drifts: tuple[int, ...], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bases = list(curves)
+    fig, axes = plt.subplots(3, len(bases), figsize=(6 * len(bases), 10), squeeze=False)
+    for j, base in enumerate(bases):
+        for i, mode in enumerate(("online", "periodic")):
+            ax = axes[i, j]
+            for arm, style in (("base", "--"), ("memory", "-")):
+                c = curves[base][mode][arm]
+                ax.plot(c["ends"] / 1000, c["auc"], style, label=base if arm == "base" else "+ error memory")
+            for d in drifts:
+                ax.axvline(d / 1000, color="grey", lw=0.8)
+            what = "learns every batch" if mode == "online" else "learns once per slot"
+            ax.set(title=f"{base} ({what}): windowed AUC", xlabel="events (k)", ylabel="AUC")
+            ax.legend()
+        ax = axes[2, j]
+        for mode, color in (("fixed", "tab:red"), ("incremental", "tab:blue")):
+            rows = slots[base][mode]
+            t = [r["slot"] for r in rows]
+            ax.plot(t, [r["base_auc"] for r in rows], "--", color=color, label=f"{mode} base")
+            ax.plot(t, [r["memory_auc"] for r in rows], "-", color=color, label=f"{mode} + memory")
+        ax.set(title=f"{base}: chronological slots", xlabel="slot", ylabel="AUC")
+        ax.legend(fontsize=8)
+    fig.suptitle("seed 0; grey lines: abrupt drifts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _mean(values: list) -> float:
+    arr = np.asarray(values, dtype=float)
+    return float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
+
+
+def summarise(base: str, mode: str, scores: list[dict]) -> list[dict]:
+    rows = []
+    for arm in ("base", "memory"):
+        s = [sc[arm] for sc in scores]
+        own = [r for sc in s for r in sc["recovery_own"]]
+        common = [r for sc in s for r in sc["recovery_vs_base_level"]]
+        rows.append(
+            {
+                "learner": base if arm == "base" else f"error_memory({base})",
+                "mode": mode,
+                "stationary_auc": _mean([x["stationary_auc"] for x in s]),
+                "post_drift_auc": _mean([x["post_drift_auc"] for x in s]),
+                "post_drift_logloss": _mean([x["post_drift_logloss"] for x in s]),
+                "recovery_k": _mean(own) / 1000,
+                "recovery_base_level_k": _mean(common) / 1000,
+                "censored": f"{int(np.isnan(own).sum())}/{len(own)}",
+            }
+        )
+    return rows
+
+
+def summarise_slots(base: str, runs: list[dict]) -> list[dict]:
+    rows = []
+    for mode in ("fixed", "incremental"):
+        for arm in ("base", "memory"):
+            name = base if arm == "base" else f"error_memory({base})"
+            rows.append(
+                {
+                    "learner": f"{name}, {mode} base",
+                    "auc": _mean([r[f"{arm}_auc"] for run in runs for r in run[mode]]),
+                    "logloss": _mean([r[f"{arm}_logloss"] for run in runs for r in run[mode]]),
+                    "drift_slot_auc": _mean(
+                        [
+                            r[f"{arm}_auc"]
+                            for run in runs
+                            for r in run[mode]
+                            if r["slot"] in run["drift_slots"]
+                        ]
+                    ),
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=240_000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--window", type=int, default=5000)
+    parser.add_argument("--step", type=int, default=1000)
+    parser.add_argument("--slots", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--cost-batch", type=int, default=2000, help="batch size of the cost runs (runner default)"
+    )
+    parser.add_argument("--river", action="store_true", help="also river:linear_model.LogisticRegression")
+    parser.add_argument("--quick", action="store_true", help="60k events, one seed, one timing repeat")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.seeds, args.repeats = 60_000, [0], 1
+    import torch
+
+    torch.set_num_threads(1)
+    bases = ["ftrl", *(["neural"] if "neural" in known_kinds() else [])]
+    bases += ["river:linear_model.LogisticRegression"] if args.river else []
+    period = -(-args.events // args.slots) // args.batch  # batches per slot
+    results: dict = {"memory": MEMORY, "bases": {b: BASES[b] for b in bases}, "args": vars(args), "runs": {}}
+    prequential_rows, slot_rows, cost_rows, curves0, slots0 = [], [], [], {}, {}
+    for base in bases:
+        scores: dict[str, list] = {"online": [], "periodic": []}
+        slot_runs = []
+        for seed in args.seeds:
+            batches, drifts = stream(seed, args.events, args.batch)
+            t0 = time.perf_counter()
+            for mode in scores:
+                run = prequential(base, batches, seed, period if mode == "periodic" else 0)
+                sc = score_prequential(run, drifts, args.window, args.step)
+                if seed == args.seeds[0]:
+                    curves0.setdefault(base, {})[mode] = sc["curves"]
+                scores[mode].append({arm: sc[arm] for arm in ("base", "memory")})
+            sl = slot_protocol(base, batches, seed, args.slots)
+            sl["drift_slots"] = [d // (period * args.batch) for d in drifts]
+            slots0.setdefault(base, sl)
+            slot_runs.append(sl)
+            print(f"{base} seed {seed}: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        timing = cost(
+            base, stream(args.seeds[0], min(args.events, 40_000), args.cost_batch)[0], 0, args.repeats
+        )
+        results["runs"][base] = {"prequential": scores, "slots": slot_runs, "cost": timing}
+        for mode, sc in scores.items():
+            prequential_rows += summarise(base, mode, sc)
+        slot_rows += summarise_slots(base, slot_runs)
+        cost_rows.append({"learner": base, **timing})
+    results["summary"] = {"prequential": prequential_rows, "slots": slot_rows, "cost": cost_rows}
+    png = RESULTS / "error_memory.png"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    plot(curves0, slots0, drifts, png)
+    path = save("error_memory", results)
+    print(
+        table(
+            prequential_rows,
+            [
+                ("learner", "learner"),
+                ("mode", "base updated"),
+                ("stationary_auc", "AUC stationary"),
+                ("post_drift_auc", "AUC after drifts"),
+                ("post_drift_logloss", "logloss after drifts"),
+                ("recovery_k", "recovery (k events)"),
+                ("recovery_base_level_k", "recovery to base's level (k)"),
+                ("censored", "not recovered"),
+            ],
+        )
+    )
+    print()
+    print(
+        table(
+            slot_rows,
+            [
+                ("learner", "slots protocol"),
+                ("auc", "AUC"),
+                ("logloss", "logloss"),
+                ("drift_slot_auc", "AUC, drift slots"),
+            ],
+        )
+    )
+    print()
+    print(
+        table(
+            cost_rows,
+            [
+                ("learner", "base"),
+                ("base_us", "base µs/event"),
+                ("memory_us", "+ memory µs/event"),
+                ("overhead_pct", "overhead %"),
+            ],
+        )
+    )
+    print(f"\nsaved {path} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

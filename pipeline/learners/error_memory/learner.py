@@ -1,0 +1,287 @@
+"""``error_memory``: a fast ReLoop2 error memory beside any scoring learner (the slow base model).
+
+``predict`` asks the base for ``y_base``, hashes each event's key into the memory and returns
+``clip(y_base + λ · y_err, 0, 1)`` (see :mod:`pipeline.learners.error_memory.memory`). ``learn``
+trains the base with its *own* predictions ``y_base`` — the base never sees compensated scores,
+so its trajectory is exactly that of the base alone — and then writes ``(y, y_base)`` into the
+memory. What the last predicted batch was served (``y_base``, keys, memory slots) is kept, so the
+runner's predict-then-learn pays for the base's forward pass and the hashing once. ``serve`` and
+``remember`` are the two halves without the base's training (e.g. to refresh the memory while the
+base is retrained elsewhere); ``replace_base`` swaps the model and empties the memory.
+
+The key is the base's ``representation(batch)`` when it has one (the neural ranker's last hidden
+layer; ``predict_with_representation(batch) -> (p, keys)``, if the base offers it, saves the
+second forward pass), else the hashed features folded into ``key_dim`` dimensions
+(:func:`~pipeline.learners.error_memory.keys.hashed_keys`).
+
+Examples
+--------
+>>> from pipeline.events import decode_json, EventRules
+>>> from pipeline.features import Featurizer
+>>> rows = [b'{"event_id":"e%d","ts":%d,"user_id":"u%d","item_id":"i1","label":%d}' % (i, i, i % 4, i % 2)
+...         for i in range(200)]
+>>> fb = Featurizer().transform(decode_json(rows, EventRules())[0])
+>>> model = ErrorMemoryLearner(base="ftrl", base_params={"bits": 16}, bits=6, tables=4, lam=1.0, gamma=1.0)
+>>> model.name
+'error_memory(ftrl)'
+>>> y_base, y = model.predict_with_base(fb)
+>>> bool((y == y_base).all())  # an empty memory returns the base prediction
+True
+>>> for _ in range(2):
+...     model.learn(fb, model.predict(fb))
+>>> y_base, y = model.predict_with_base(fb)
+>>> y_base[:4].round(2).tolist(), y[:4].round(2).tolist()  # λ = γ = 1: the label mean of look-alikes
+([0.48, 0.52, 0.48, 0.52], [0.0, 1.0, 0.0, 1.0])
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from pipeline.features import FeatureBatch
+from pipeline.learners.base import Learner, StateBundle
+from pipeline.learners.error_memory.keys import KeyCenter, SimHash, hashed_keys
+from pipeline.learners.error_memory.memory import ErrorMemory
+
+__all__ = ["ErrorMemoryLearner", "Served"]
+
+_STATE_FORMAT = 1
+_PREFIX = "base."
+
+
+class Served(NamedTuple):
+    """One scored batch: base and compensated predictions, the keys and the memory slots read."""
+
+    y_base: np.ndarray
+    y: np.ndarray
+    keys: np.ndarray
+    slots: np.ndarray
+
+
+class ErrorMemoryLearner(Learner):
+    """A base learner corrected by a bounded LSH error memory (ReLoop2).
+
+    Parameters
+    ----------
+    base
+        Learner kind of the base model (``"ftrl"``, ``"neural"``, ``"river:<estimator>"``, ...).
+    base_params
+        Constructor arguments of the base (built with :func:`~pipeline.learners.registry.build_learner`).
+    bits, tables
+        ``L`` and ``K``: ``K`` tables of ``2**L`` buckets.
+    tau, lam, gamma
+        Softmax temperature over the tables' log supports, compensation weight ``λ`` and error
+        mix ``γ`` (see :class:`~pipeline.learners.error_memory.memory.ErrorMemory`).
+    decay
+        Multiplier of the memory's sums before each learned batch (1.0 = no forgetting); the
+        default 0.98 halves an error's weight after 34 batches (34k events at 1,000 per batch).
+    min_count
+        Buckets with ``count <= min_count`` are empty.
+    center
+        Subtract the running mean of the keys before hashing (spreads a ReLU layer's keys over the buckets).
+    key_dim
+        Dimension of the hashed-feature key (ignored when the base has ``representation``).
+    seed
+        Seeds the key hashing and the LSH hyperplanes.
+    name
+        Label in metrics and snapshots (default ``error_memory(<base>)``).
+    """
+
+    kind = "error_memory"
+
+    def __init__(
+        self,
+        base: str = "ftrl",
+        base_params: dict[str, Any] | None = None,
+        bits: int = 10,
+        tables: int = 8,
+        tau: float = 1.0,
+        lam: float = 0.5,
+        gamma: float = 0.0,
+        decay: float = 0.98,
+        min_count: float = 0.0,
+        center: bool = True,
+        key_dim: int = 16,
+        seed: int = 0,
+        name: str | None = None,
+    ):
+        from pipeline.learners.registry import build_learner
+
+        if not isinstance(base, str) or not base or base == self.kind:
+            raise ValueError(f"base must be the kind of another learner (e.g. 'ftrl'), got {base!r}")
+        if not isinstance(key_dim, (int, np.integer)) or not 1 <= key_dim <= 4096:
+            raise ValueError(f"key_dim must be an integer in [1, 4096], got {key_dim!r}")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        super().__init__(name or f"{self.kind}({base})")
+        self.base = base
+        self.base_params = dict(base_params or {})
+        self._memory = ErrorMemory(bits, tables, tau, lam, gamma, decay, min_count)
+        self.bits, self.tables, self.tau, self.lam = bits, tables, tau, lam
+        self.gamma, self.decay, self.min_count = gamma, decay, min_count
+        if not isinstance(center, bool):
+            raise ValueError(f"center must be true or false, got {center!r}")
+        self.center, self.key_dim, self.seed = center, int(key_dim), int(seed)
+        self._base = build_learner(base, name=f"{self.name}.base", params=self.base_params)
+        self._lsh: SimHash | None = None
+        self._center = KeyCenter()
+        self._served: tuple[FeatureBatch, Served] | None = None  # the last predicted batch, for its learn
+        self._last_abs_comp = 0.0
+
+    def params(self) -> dict[str, Any]:
+        p = super().params()
+        p["name"] = self.name
+        return p
+
+    # ------------------------------------------------------------------------------ parts
+    @property
+    def base_learner(self) -> Learner:
+        """The wrapped (slow) model."""
+        return self._base
+
+    @property
+    def memory(self) -> ErrorMemory:
+        """The (fast) error memory."""
+        return self._memory
+
+    def keys(self, batch: FeatureBatch) -> np.ndarray:
+        """The memory key of every event: the base's ``representation`` or the hashed features."""
+        represent = getattr(self._base, "representation", None)
+        if callable(represent):
+            return np.asarray(represent(batch), dtype=np.float32).reshape(len(batch), -1)
+        return hashed_keys(batch, self.key_dim, self.seed)
+
+    def buckets(self, batch: FeatureBatch) -> np.ndarray:
+        """Bucket id of every event in every table: int64 ``[n, tables]``."""
+        return self._buckets_of(self.keys(batch))
+
+    def _buckets_of(self, keys: np.ndarray) -> np.ndarray:
+        if self._lsh is None or self._lsh.dim != keys.shape[1]:
+            if self._lsh is not None and self._memory.entries():
+                raise ValueError(
+                    f"the base's representation changed width from {self._lsh.dim} to {keys.shape[1]}; "
+                    "call replace_base() to start a new memory"
+                )
+            self._lsh = SimHash(keys.shape[1], self._memory.bits, self._memory.tables, self.seed)
+            self._center = KeyCenter()
+        return self._lsh.buckets(keys, self._center.mean if self.center else None)
+
+    # ------------------------------------------------------------------------------ learner API
+    def serve(self, batch: FeatureBatch) -> Served:
+        """Score ``batch``: the base's predictions, the compensated ones, and where they were read."""
+        both = getattr(self._base, "predict_with_representation", None)
+        if callable(both):  # one forward pass for the score and the key
+            y_base, keys = both(batch)
+            keys = np.asarray(keys, dtype=np.float32).reshape(len(batch), -1)
+        else:
+            y_base, keys = self._base.predict(batch), self.keys(batch)
+        y_base = np.asarray(y_base, dtype=np.float64)
+        slots = self._memory.slots(self._buckets_of(keys), checked=False)
+        y, _ = self._memory.read_slots(slots, y_base)
+        return Served(y_base, y, keys, slots)
+
+    def predict_with_base(self, batch: FeatureBatch) -> tuple[np.ndarray, np.ndarray]:
+        """``(y_base, y)``: the base's predictions and the compensated ones."""
+        served = self.serve(batch)
+        self._served = (batch, served)
+        self._last_abs_comp = float(np.abs(served.y - served.y_base).mean()) if len(batch) else 0.0
+        return served.y_base, served.y
+
+    def predict(self, batch: FeatureBatch) -> np.ndarray:
+        return self.predict_with_base(batch)[1]
+
+    def learn(self, batch: FeatureBatch, predictions: np.ndarray) -> None:
+        if len(batch) == 0:
+            return
+        # the batch just predicted keeps what it was served; another one is served now, before the base learns
+        served = (
+            self._served[1] if self._served is not None and self._served[0] is batch else self.serve(batch)
+        )
+        self._served = None
+        self._base.learn(batch, served.y_base)
+        self.remember(batch, served)
+
+    def remember(self, batch: FeatureBatch, served: Served) -> None:
+        """Write a served batch into the memory (and the key mean) without training the base."""
+        self._memory.write_slots(served.slots, np.clip(batch.labels, 0.0, 1.0), served.y_base)
+        if self.center:
+            self._center.update(served.keys, self._memory.decay)
+
+    def replace_base(self, base: Learner | None = None) -> None:
+        """Swap in a new base model (default: a fresh one of the same kind) and empty the memory.
+
+        The remembered ``Σy_base`` describe the old model's errors, so they cannot correct the new one.
+        """
+        if base is None:
+            from pipeline.learners.registry import build_learner
+
+            base = build_learner(self.base, name=f"{self.name}.base", params=self.base_params)
+        self._base = base
+        self._memory.reset()
+        self._lsh = None
+        self._center = KeyCenter()
+        self._served = None
+
+    def gauges(self) -> list[tuple[str, dict[str, str], float]]:
+        """Prometheus gauges: live buckets, mean |compensation| of the last batch, and the base's own."""
+        own = [
+            ("streamlearn_error_memory_entries", {"learner": self.name}, float(self._memory.entries())),
+            ("streamlearn_error_memory_mean_abs_compensation", {"learner": self.name}, self._last_abs_comp),
+        ]
+        base_gauges = getattr(self._base, "gauges", None)
+        return own + (list(base_gauges()) if callable(base_gauges) else [])
+
+    # ------------------------------------------------------------------------------ state
+    def state(self) -> StateBundle:
+        inner = self._base.state()
+        meta = {
+            "format": _STATE_FORMAT,
+            "bits": self._memory.bits,
+            "tables": self._memory.tables,
+            "seed": self.seed,
+            "key_dim": self._lsh.dim if self._lsh is not None else None,
+            "lsh": "simhash-gaussian-float32",
+            "base_kind": self.base,
+            "base": inner.meta,
+        }
+        return StateBundle(
+            tables={_PREFIX + k: v for k, v in inner.tables.items()},
+            arrays={
+                **self._memory.arrays(),
+                **self._center.arrays(),
+                **{_PREFIX + k: v for k, v in inner.arrays.items()},
+            },
+            tensors={_PREFIX + k: v for k, v in inner.tensors.items()},
+            meta=meta,
+        )
+
+    def load_state(self, bundle: StateBundle) -> None:
+        meta = bundle.meta
+        for key, mine in (("bits", self._memory.bits), ("tables", self._memory.tables), ("seed", self.seed)):
+            if meta.get(key) != mine:
+                raise ValueError(
+                    f"error memory state has {key}={meta.get(key)!r}, this learner has {key}={mine!r}"
+                )
+        if meta.get("base_kind") != self.base:
+            raise ValueError(
+                f"error memory state wraps base {meta.get('base_kind')!r}, this learner wraps {self.base!r}"
+            )
+
+        def inner(parts: dict) -> dict:
+            return {k[len(_PREFIX) :]: v for k, v in parts.items() if k.startswith(_PREFIX)}
+
+        self._base.load_state(
+            StateBundle(
+                inner(bundle.tables), inner(bundle.arrays), inner(bundle.tensors), meta.get("base", {})
+            )
+        )
+        self._memory.load_arrays(bundle.arrays)
+        self._center.load_arrays(bundle.arrays)
+        dim = meta.get("key_dim")
+        self._lsh = (
+            None if dim is None else SimHash(int(dim), self._memory.bits, self._memory.tables, self.seed)
+        )
+        self._served = None
+        self._last_abs_comp = 0.0

@@ -1,0 +1,229 @@
+"""The error memory of ReLoop2 (Zhu et al., KDD 2023, arXiv 2306.08808) as an LSH sketch.
+
+``K`` tables of ``2**L`` buckets; the bucket of a key in table k holds ``count``, ``Σy`` and
+``Σy_base`` (``y_base``: the base model's prediction when the event was served). Its size is fixed
+by construction: ``3 · K · 2**L`` float64.
+
+Read, for an event with buckets ``b_k`` and base prediction ``y_base``::
+
+    ȳ_k = Σy / count,   ȳbase_k = Σy_base / count                       (per live bucket)
+    a_k = softmax_k(s_k / τ),   s_k = log count_k                         (empty buckets: a_k = 0)
+    ȳ = Σ a_k ȳ_k,   ȳ_base = Σ a_k ȳbase_k
+    y_err = γ (ȳ − y_base) + (1 − γ)(ȳ − ȳ_base)
+    ŷ = clip(y_base + λ · y_err, 0, 1)
+
+**The similarity.** Without stored keys, a bucket's support is what tells the tables apart. We use
+``s_k = log count_k``, which needs no further normalisation: ``softmax(log c / τ)`` is
+``c_k^(1/τ) / Σ_j c_j^(1/τ)``, independent of the scale of the counts, never uniform unless the
+supports are equal. At ``τ = 1`` the read is the pooled estimate (``ȳ = Σ_k Σy_k / Σ_k count_k``:
+every remembered event counts once per table it shares with the query); ``τ < 1`` moves the
+weight to the best-supported table, ``τ → ∞`` to a plain mean over tables. A bucket is *empty*
+(contributes nothing) while ``count <= min_count``; an event whose buckets are all empty keeps its
+base prediction, and so does every event while the memory is empty.
+
+Write: ``count += 1``, ``Σy += y``, ``Σy_base += y_base`` in each table, after multiplying every
+sum by ``decay`` (once per written batch), so old errors fade and buckets whose decayed support
+falls to ``min_count`` count as empty again.
+
+Examples
+--------
+>>> import numpy as np
+>>> mem = ErrorMemory(bits=2, tables=2, tau=1.0, lam=1.0, gamma=0.0)
+>>> mem.write(np.array([[0, 1], [0, 2]]), labels=np.array([1.0, 0.0]), y_base=np.array([0.25, 0.5]))
+>>> mem.entries()
+3
+>>> pred, err = mem.read(np.array([[0, 3]]), y_base=np.array([0.5]))
+>>> float(err[0]), float(pred[0])  # table 1's bucket 3 is empty; table 0: ȳ - ȳ_base = 0.5 - 0.375
+(0.125, 0.625)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["ErrorMemory"]
+
+
+def _finite(name: str, value: float, low: float, high: float, low_open: bool = False) -> float:
+    value = float(value)
+    ok = np.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+        raise ValueError(f"{name} must be in {bound}, got {value!r}")
+    return value
+
+
+class ErrorMemory:
+    """The bounded, vectorised memory of (count, Σy, Σy_base) per LSH bucket.
+
+    Parameters
+    ----------
+    bits
+        ``L``: bucket ids have ``L`` bits, each table holds ``2**L`` buckets (1..24).
+    tables
+        ``K``: number of independent hash tables (1..256).
+    tau
+        Softmax temperature over the tables' log supports (> 0).
+    lam
+        ``λ``: weight of the compensation, 0 = the base prediction unchanged.
+    gamma
+        ``γ``: share of the error measured against the current base prediction (``ȳ − y_base``)
+        rather than against the remembered base predictions (``ȳ − ȳ_base``).
+    decay
+        Multiplier of every sum before each written batch, in (0, 1]; 1 = no forgetting.
+    min_count
+        A bucket with ``count <= min_count`` is empty.
+    """
+
+    def __init__(
+        self,
+        bits: int = 10,
+        tables: int = 8,
+        tau: float = 1.0,
+        lam: float = 0.5,
+        gamma: float = 0.0,
+        decay: float = 0.98,
+        min_count: float = 0.0,
+    ):
+        if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 24:
+            raise ValueError(f"bits must be an integer in [1, 24], got {bits!r}")
+        if not isinstance(tables, (int, np.integer)) or not 1 <= tables <= 256:
+            raise ValueError(f"tables must be an integer in [1, 256], got {tables!r}")
+        self.bits, self.tables = int(bits), int(tables)
+        self.tau = _finite("tau", tau, 0.0, np.inf, low_open=True)
+        self.lam = _finite("lam", lam, 0.0, 1.0)
+        self.gamma = _finite("gamma", gamma, 0.0, 1.0)
+        self.decay = _finite("decay", decay, 0.0, 1.0, low_open=True)
+        self.min_count = _finite("min_count", min_count, 0.0, np.inf)
+        self._offsets = (np.arange(self.tables, dtype=np.int64) << self.bits)[:, None]
+        self._work = np.zeros(0)
+        self.reset()
+
+    @property
+    def size(self) -> int:
+        """Buckets over all tables (``K · 2**L``)."""
+        return self.tables << self.bits
+
+    @property
+    def count(self) -> np.ndarray:
+        """Support of every bucket, ``[K, 2**L]`` (a read-only view)."""
+        return self._view(self._count)
+
+    @property
+    def sum_y(self) -> np.ndarray:
+        """Σy of every bucket, ``[K, 2**L]`` (a read-only view)."""
+        return self._view(self._sum_y)
+
+    @property
+    def sum_ybase(self) -> np.ndarray:
+        """Σy_base of every bucket, ``[K, 2**L]`` (a read-only view)."""
+        return self._view(self._sum_ybase)
+
+    def _view(self, flat: np.ndarray) -> np.ndarray:
+        view = flat.reshape(self.tables, -1).view()
+        view.flags.writeable = False
+        return view
+
+    def reset(self) -> None:
+        """Forget everything (e.g. when the base model is replaced)."""
+        # flat arrays indexed by table · 2**L + bucket: reads are np.take, writes np.add.at
+        self._count = np.zeros(self.size)
+        self._sum_y = np.zeros(self.size)
+        self._sum_ybase = np.zeros(self.size)
+
+    def entries(self) -> int:
+        """Live (non-empty) buckets over all tables."""
+        return int(np.count_nonzero(self._count > self.min_count))
+
+    def slots(self, buckets: np.ndarray, checked: bool = True) -> np.ndarray:
+        """Positions ``table · 2**L + bucket`` of ``buckets[n, K]`` in the flat sums, ``[K, n]``.
+
+        Table-major, so that the sums over the tables add ``K`` contiguous rows (a reduction along a
+        short last axis costs numpy several times more). ``checked=False`` skips the range check,
+        for ids that come straight from a :class:`~pipeline.learners.error_memory.keys.SimHash`.
+        """
+        buckets = np.asarray(buckets, dtype=np.int64)
+        if buckets.ndim != 2 or buckets.shape[1] != self.tables:
+            raise ValueError(f"buckets must have shape (n, {self.tables}), got {buckets.shape}")
+        if checked and buckets.size and (buckets.min() < 0 or buckets.max() >> self.bits):
+            raise ValueError(
+                f"bucket ids must be in [0, {1 << self.bits}), got {buckets.min()}..{buckets.max()}"
+            )
+        return np.add(buckets.T, self._offsets, order="C")
+
+    # ------------------------------------------------------------------------------ read
+    def read(self, buckets: np.ndarray, y_base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Compensated predictions and the estimated errors ``y_err`` for ``buckets[n, K]``."""
+        return self.read_slots(self.slots(buckets), y_base)
+
+    def read_slots(self, slots: np.ndarray, y_base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`read` for positions from :meth:`slots`."""
+        y_base = np.asarray(y_base, dtype=np.float64)
+        if len(self._work) < 3 * slots.size:  # reused: fresh temporaries this size cost page faults
+            self._work = np.empty(3 * slots.size)
+        work = self._work[: 3 * slots.size].reshape(3, *slots.shape)
+        count = np.take(self._count, slots, out=work[0], mode="clip")
+        if self.tau == 1.0 and self.min_count == 0.0:
+            # a_k ∝ count_k, so ȳ = Σ_k Σy_k / Σ_k count_k; empty buckets hold zeros: plain sums
+            weights = None
+            total = count.sum(axis=0)
+        else:
+            # a_k ∝ count_k^(1/τ) on live buckets; with u_k = a_k / count_k both means are ratios
+            # of u-weighted sums, ȳ = Σ u Σy / Σ u count (scaled by the row's top count: no overflow)
+            live = count > self.min_count
+            top = np.where(live, count, 0.0).max(axis=0, keepdims=True)
+            rel = np.divide(count, top, out=np.zeros_like(count), where=live)
+            weights = np.divide(rel ** (1.0 / self.tau), count, out=np.zeros_like(count), where=live)
+            total = (weights * count).sum(axis=0)
+        has = total > 0
+        if self.lam == 0.0 or not has.any():
+            return y_base.copy(), np.zeros(len(y_base))
+        sum_y = np.take(self._sum_y, slots, out=work[1], mode="clip")
+        sum_ybase = np.take(self._sum_ybase, slots, out=work[2], mode="clip")
+        if weights is not None:
+            sum_y, sum_ybase = weights * sum_y, weights * sum_ybase
+        total[~has] = 1.0
+        y_mem = sum_y.sum(axis=0) / total
+        y_err = y_mem - sum_ybase.sum(axis=0) / total
+        if self.gamma:
+            y_err = self.gamma * (y_mem - y_base) + (1.0 - self.gamma) * y_err
+        y_err[~has] = 0.0
+        return np.clip(y_base + self.lam * y_err, 0.0, 1.0), y_err
+
+    # ------------------------------------------------------------------------------ write
+    def write(self, buckets: np.ndarray, labels: np.ndarray, y_base: np.ndarray) -> None:
+        """Decay every sum once, then add each event to its bucket in every table."""
+        self.write_slots(self.slots(buckets), labels, y_base)
+
+    def write_slots(self, slots: np.ndarray, labels: np.ndarray, y_base: np.ndarray) -> None:
+        """:meth:`write` for positions from :meth:`slots`."""
+        if slots.size == 0:
+            return
+        if self.decay != 1.0:
+            for arr in (self._count, self._sum_y, self._sum_ybase):
+                arr *= self.decay
+        # slots are [K, n], so an event's value repeats K times; tiled explicitly, because numpy 2.4's
+        # add.at reads garbage when the values are broadcast over a 2-D index
+        flat, k = slots.ravel(), self.tables
+        np.add.at(self._count, flat, 1.0)
+        np.add.at(self._sum_y, flat, np.tile(np.asarray(labels, dtype=np.float64), k))
+        np.add.at(self._sum_ybase, flat, np.tile(np.asarray(y_base, dtype=np.float64), k))
+
+    # ------------------------------------------------------------------------------ state
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Copies of ``count``, ``sum_y`` and ``sum_ybase`` (each ``[K, 2**L]``)."""
+        return {"count": self.count.copy(), "sum_y": self.sum_y.copy(), "sum_ybase": self.sum_ybase.copy()}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        shape = (self.tables, 1 << self.bits)
+        for name in ("count", "sum_y", "sum_ybase"):
+            if name not in arrays:
+                raise ValueError(f"error memory state lacks the array {name!r}")
+            if tuple(np.shape(arrays[name])) != shape:
+                raise ValueError(
+                    f"error memory array {name!r} has shape {tuple(np.shape(arrays[name]))}, this memory "
+                    f"has tables={self.tables}, bits={self.bits} ({shape})"
+                )
+        self._count = np.array(arrays["count"], dtype=np.float64).ravel()
+        self._sum_y = np.array(arrays["sum_y"], dtype=np.float64).ravel()
+        self._sum_ybase = np.array(arrays["sum_ybase"], dtype=np.float64).ravel()
