@@ -59,6 +59,18 @@ CONFORMANCE_LEARNERS: list[Case] = [
     Case("beta_ts", {"n_mc": 8}),
     Case("epsilon_greedy", {"dim": 8}),
     Case("error_memory", {"base": "ftrl", "base_params": {"bits": 14, "alpha": 0.1}, "bits": 6, "tables": 4}),
+    Case(
+        "neural",
+        {
+            "dim": 8,
+            "hidden": [16],
+            "user_rows": 64,
+            "item_rows": 32,
+            "feature_rows": 32,
+            "cross_rank": 4,
+            "replay_size": 200,
+        },
+    ),
 ]
 
 N = 400  # events per half of a run
