@@ -28,7 +28,7 @@ install: $(VENV)/.installed
 demo: install
 	@rm -rf $(OUT)/demo && mkdir -p $(OUT)/demo
 	$(BIN)/streamlearn replay examples/stream.jsonl.gz \
-	    --learner ftrl --learner river:linear_model.LogisticRegression \
+	    --learner ftrl --learner river:linear_model.LogisticRegression --learner neural --learner error_memory \
 	    --dead-letter $(OUT)/demo/dead_letters.jsonl --state-dir $(OUT)/demo/state \
 	    --summary-json $(OUT)/demo/summary.json \
 	    --report $(OUT)/demo/report --drift-points 20000,40000,60000,75000

@@ -263,6 +263,15 @@ class NeuralRanker(Learner):
         with torch.no_grad():
             return self._model.representation(self._rows(self._hash(batch, grow=False))).numpy()
 
+    def predict_with_representation(self, batch: FeatureBatch) -> tuple[np.ndarray, np.ndarray]:
+        """``(predict(batch), representation(batch))`` from one forward pass (an error memory's key and score)."""
+        if len(batch) == 0:
+            return np.zeros(0), np.zeros((0, self._spec.representation_width), np.float32)
+        with torch.no_grad():
+            rep = self._model.representation(self._rows(self._hash(batch, grow=False)))
+            logits = self._model.head(rep).squeeze(1).double().numpy()
+        return 1.0 / (1.0 + np.exp(-logits)), rep.numpy()
+
     def learn(self, batch: FeatureBatch, predictions: np.ndarray) -> None:
         n = len(batch)
         if n == 0:
