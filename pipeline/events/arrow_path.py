@@ -1,0 +1,297 @@
+"""Columnar records (Parquet, CSV, Arrow's JSON reader): vectorised validation with pyarrow.compute."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.events.checks import _TS_DETAIL, _check_features, _check_ts, _Invalid, _map_array
+from pipeline.events.schema import (
+    BAD_TIMESTAMP,
+    EVENT_SCHEMA,
+    MISSING_FIELD,
+    NON_FINITE,
+    OUT_OF_RANGE,
+    UNKNOWN_EVENT_TYPE,
+    WRONG_TYPE,
+    DeadLetter,
+    EventBatch,
+    EventRules,
+)
+
+
+def _arrow_required_str(batch: pa.RecordBatch, name: str, inv: _Invalid) -> pa.Array:
+    n = batch.num_rows
+    if name not in batch.schema.names:
+        inv.mark(np.ones(n, bool), MISSING_FIELD, f"missing required field {name!r}")
+        return pa.nulls(n, pa.string())
+    col = batch.column(name)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type)):
+        inv.mark(np.ones(n, bool), WRONG_TYPE, f"field {name!r} must be a string, got column type {col.type}")
+        return pa.nulls(n, pa.string())
+    col = col.cast(pa.string())
+    if col.null_count:
+        inv.mark(np.asarray(col.is_null()), MISSING_FIELD, f"missing required field {name!r}")
+    return col
+
+
+def _arrow_number(batch, name, inv, required: bool) -> tuple[np.ndarray, np.ndarray]:
+    n = batch.num_rows
+    if name not in batch.schema.names or pa.types.is_null(batch.column(name).type):
+        if required:
+            inv.mark(np.ones(n, bool), MISSING_FIELD, f"missing required field {name!r}")
+        return np.zeros(n), np.zeros(n, bool)
+    col = batch.column(name)
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+        inv.mark(np.ones(n, bool), WRONG_TYPE, f"field {name!r} must be a number, got column type {col.type}")
+        return np.zeros(n), np.zeros(n, bool)
+    present = np.asarray(col.is_valid())
+    if required:
+        inv.mark(~present, MISSING_FIELD, f"missing required field {name!r}")
+    vals = col.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+    inv.mark(
+        present & ~np.isfinite(vals),
+        NON_FINITE,
+        lambda i: f"field {name!r} must be finite, got {float(vals[i])!r}",
+    )
+    return vals, present
+
+
+def _arrow_ts(batch, inv) -> np.ndarray:
+    n = batch.num_rows
+    if "ts" not in batch.schema.names:
+        inv.mark(np.ones(n, bool), MISSING_FIELD, "missing required field 'ts'")
+        return np.zeros(n, np.int64)
+    col = batch.column("ts")
+    if col.null_count:
+        inv.mark(np.asarray(col.is_null()), MISSING_FIELD, "missing required field 'ts'")
+    if pa.types.is_timestamp(col.type):
+        out = (
+            col.cast(pa.timestamp("ms", tz=col.type.tz))
+            .cast(pa.int64())
+            .fill_null(0)
+            .to_numpy(zero_copy_only=False)
+        )
+    elif pa.types.is_integer(col.type):
+        out = col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        inv.mark(out < 0, BAD_TIMESTAMP, lambda i: f"{_TS_DETAIL}; got negative {out[i]}")
+    elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        objs = [{"ts": v} for v in col.to_pylist()]
+        return _check_ts(objs, inv)
+    else:
+        inv.mark(np.ones(n, bool), BAD_TIMESTAMP, f"{_TS_DETAIL}; got column type {col.type}")
+        return np.zeros(n, np.int64)
+    return np.ascontiguousarray(out, dtype=np.int64)
+
+
+def _arrow_optional_str(batch, name, inv) -> pa.Array:
+    n = batch.num_rows
+    if name not in batch.schema.names:
+        return pa.nulls(n, pa.string())
+    col = batch.column(name)
+    if pa.types.is_null(col.type):
+        return pa.nulls(n, pa.string())
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        inv.mark(np.ones(n, bool), WRONG_TYPE, f"field {name!r} must be a string, got column type {col.type}")
+        return pa.nulls(n, pa.string())
+    return col.cast(pa.string())
+
+
+def _struct_to_maps(col: pa.StructArray, n: int, inv: _Invalid) -> tuple[pa.MapArray, pa.MapArray]:
+    """Turn a struct column (one child per feature) into categorical and numeric maps, vectorised."""
+    cat_children, num_children = [], []
+    for i in range(col.type.num_fields):
+        f = col.type.field(i)
+        child = col.field(i)
+        if col.null_count:
+            child = pc.if_else(col.is_valid(), child, pa.nulls(n, child.type))
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+            cat_children.append((f.name, child.cast(pa.string())))
+        elif pa.types.is_integer(f.type) or pa.types.is_floating(f.type):
+            child = child.cast(pa.float64())
+            vals = child.fill_null(0.0).to_numpy(zero_copy_only=False)
+            inv.mark(
+                np.asarray(child.is_valid()) & ~np.isfinite(vals),
+                NON_FINITE,
+                lambda r, name=f.name, vals=vals: f"feature {name!r} must be finite, got {float(vals[r])!r}",
+            )
+            num_children.append((f.name, child))
+        elif not pa.types.is_null(f.type):
+            inv.mark(
+                np.asarray(child.is_valid()),
+                WRONG_TYPE,
+                f"feature {f.name!r} must be a string or a number, got {_arrow_kind(f.type)}",
+            )
+    return _children_to_map(cat_children, n, pa.string()), _children_to_map(num_children, n, pa.float64())
+
+
+def _children_to_map(children: list[tuple[str, pa.Array]], n: int, value_type) -> pa.MapArray:
+    k = len(children)
+    if k == 0:
+        return pa.MapArray.from_arrays(
+            pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.string()), pa.array([], value_type)
+        )
+    valid = np.stack([np.asarray(c.is_valid()) for _, c in children], axis=1)  # n x k, row-major
+    counts = valid.sum(axis=1)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    # element (row r, child c) sits at c*n + r in the child-major concatenation
+    flat = (np.arange(k)[None, :] * n + np.arange(n)[:, None])[valid]
+    values = pa.concat_arrays([c for _, c in children]).take(pa.array(flat, type=pa.int64()))
+    names = np.array([name for name, _ in children], dtype=object)
+    keys = pa.array(np.broadcast_to(names, (n, k))[valid], type=pa.string())
+    return pa.MapArray.from_arrays(pa.array(offsets), keys, values.cast(value_type))
+
+
+def _arrow_features(batch, inv) -> tuple[pa.MapArray, pa.MapArray]:
+    n = batch.num_rows
+    empty = _children_to_map([], n, pa.string()), _children_to_map([], n, pa.float64())
+    if "features" not in batch.schema.names:
+        return empty
+    col = batch.column("features")
+    if pa.types.is_struct(col.type):
+        return _struct_to_maps(col, n, inv)
+    if pa.types.is_null(col.type):
+        return empty
+    if pa.types.is_map(col.type) or pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        # Rare layouts (a map column, or JSON text per row) go through the JSON checks row by row.
+        items = col.to_pylist()
+        objs = [{"features": _as_feature_dict(v)} for v in items]
+        (co, ck, cv), (no, nk, nv) = _check_features(objs, inv, EventRules(max_features=1 << 30))
+        return _map_array(co, ck, cv, pa.string()), _map_array(no, nk, nv, pa.float64())
+    inv.mark(
+        np.asarray(col.is_valid()),
+        WRONG_TYPE,
+        f"field 'features' must be an object, got {_arrow_kind(col.type)}",
+    )
+    return empty
+
+
+def _arrow_kind(t: pa.DataType) -> str:
+    """Name an Arrow type the way the JSON path names Python types."""
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_struct(t) or pa.types.is_map(t):
+        return "dict"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return "list"
+    return str(t)
+
+
+def _as_feature_dict(v):
+    if v is None:
+        return None
+    if isinstance(v, list):
+        return dict(v)
+    if isinstance(v, str):
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
+
+
+def decode_arrow(batch: pa.RecordBatch, rules: EventRules) -> tuple[EventBatch, list[DeadLetter]]:
+    """Decode and validate a columnar batch (Parquet/CSV rows) with vectorised checks.
+
+    Columns are matched by name; extra columns are ignored. ``features`` may be a struct column
+    (one child per feature, as Parquet written from JSON has), a map column, or JSON text.
+    Dead letters carry the offending row as JSON in ``value``.
+    """
+    n = batch.num_rows
+    inv = _Invalid(n)
+    event_id = _arrow_required_str(batch, "event_id", inv)
+    ts = _arrow_ts(batch, inv)
+    user_id = _arrow_required_str(batch, "user_id", inv)
+    item_id = _arrow_required_str(batch, "item_id", inv)
+    label, _ = _arrow_number(batch, "label", inv, required=True)
+    event_type = _arrow_optional_str(batch, "event_type", inv)
+    if rules.event_types and event_type.null_count < n:
+        allowed = pa.array(list(rules.event_types), type=pa.string())
+        known = np.asarray(pc.is_in(event_type, value_set=allowed).fill_null(False))
+        unknown = np.asarray(event_type.is_valid()) & ~known
+        et = event_type
+        inv.mark(
+            unknown,
+            UNKNOWN_EVENT_TYPE,
+            lambda i: f"unknown event_type {et[i].as_py()[:64]!r}; allowed: {', '.join(rules.event_types)}",
+        )
+    position, has_pos = _arrow_position(batch, inv)
+    propensity, has_prop = _arrow_number(batch, "propensity", inv, required=False)
+    inv.mark(
+        has_prop & ~((propensity > 0) & (propensity <= 1)),
+        OUT_OF_RANGE,
+        lambda i: f"field 'propensity' must be in (0, 1], got {float(propensity[i])!r}",
+    )
+    request_id = _arrow_optional_str(batch, "request_id", inv)
+    cat, num = _arrow_features(batch, inv)
+    out = (
+        pa.RecordBatch.from_arrays(
+            [
+                event_id,
+                pa.array(ts, type=pa.int64()),
+                user_id,
+                item_id,
+                pa.array(label, type=pa.float64()),
+                event_type,
+                pa.array(position, type=pa.int64(), mask=~has_pos),
+                pa.array(propensity, type=pa.float64(), mask=~has_prop),
+                request_id,
+                cat,
+                num,
+                pa.array(np.arange(n, dtype=np.int64)),
+            ],
+            schema=EVENT_SCHEMA,
+        )
+        if not inv.bad.all()
+        else None
+    )
+    dead = []
+    if inv.found:
+        rows = batch.take(pa.array(sorted(inv.found), type=pa.int64())).to_pylist()
+        for i, row in zip(sorted(inv.found), rows):
+            dead.append(
+                DeadLetter(
+                    i, *inv.found[i], value=orjson.dumps(row, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+                )
+            )
+    if out is None:
+        return EventBatch.empty(), dead
+    if inv.bad.any():
+        out = out.filter(pa.array(~inv.bad))
+    return EventBatch(out), dead
+
+
+def _arrow_position(batch, inv) -> tuple[np.ndarray, np.ndarray]:
+    n = batch.num_rows
+    if "position" not in batch.schema.names or pa.types.is_null(batch.column("position").type):
+        return np.zeros(n, np.int64), np.zeros(n, bool)
+    col = batch.column("position")
+    if not pa.types.is_integer(col.type):
+        if pa.types.is_floating(col.type):
+            # CSV and pandas turn integer columns with gaps into floats; accept whole numbers.
+            vals = col.fill_null(0.0).to_numpy(zero_copy_only=False)
+            frac = np.isfinite(vals) & (vals != np.floor(vals))
+            inv.mark(
+                frac | ~np.isfinite(vals),
+                WRONG_TYPE,
+                lambda i: f"field 'position' must be an integer, got {vals[i]!r}",
+            )
+            col = pa.array(
+                np.where(np.isfinite(vals), vals, 0).astype(np.int64), mask=np.asarray(col.is_null())
+            )
+        else:
+            inv.mark(
+                np.ones(n, bool),
+                WRONG_TYPE,
+                f"field 'position' must be an integer, got column type {col.type}",
+            )
+            return np.zeros(n, np.int64), np.zeros(n, bool)
+    present = np.asarray(col.is_valid())
+    vals = col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+    inv.mark(present & (vals < 0), OUT_OF_RANGE, lambda i: f"field 'position' must be >= 0, got {vals[i]}")
+    return vals, present

@@ -1,0 +1,172 @@
+"""Event schema, validation rules, dead letters and the columnar :class:`EventBatch`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+MALFORMED_JSON = "malformed_json"
+NOT_UTF8 = "not_utf8"
+NOT_AN_OBJECT = "not_an_object"
+EMPTY_RECORD = "empty_record"
+OVERSIZED = "oversized"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+NON_FINITE = "non_finite"
+OUT_OF_RANGE = "out_of_range"
+BAD_TIMESTAMP = "bad_timestamp"
+UNKNOWN_EVENT_TYPE = "unknown_event_type"
+REASONS = (
+    MALFORMED_JSON,
+    NOT_UTF8,
+    NOT_AN_OBJECT,
+    EMPTY_RECORD,
+    OVERSIZED,
+    MISSING_FIELD,
+    WRONG_TYPE,
+    NON_FINITE,
+    OUT_OF_RANGE,
+    BAD_TIMESTAMP,
+    UNKNOWN_EVENT_TYPE,
+)
+
+DEFAULT_EVENT_TYPES = ("impression", "view", "click", "add_to_cart", "order", "purchase", "feedback")
+
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("ts", pa.int64(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("label", pa.float64(), nullable=False),
+        pa.field("event_type", pa.string()),
+        pa.field("position", pa.int64()),
+        pa.field("propensity", pa.float64()),
+        pa.field("request_id", pa.string()),
+        pa.field("cat_features", pa.map_(pa.string(), pa.string())),
+        pa.field("num_features", pa.map_(pa.string(), pa.float64())),
+        pa.field("row", pa.int64(), nullable=False),
+    ]
+)
+_REQUIRED_STR = ("event_id", "user_id", "item_id")
+_OPTIONAL_STR = ("event_type", "request_id")
+
+
+@dataclass(frozen=True)
+class EventRules:
+    """What makes an event valid.
+
+    Parameters
+    ----------
+    max_record_bytes
+        Records larger than this are dead-lettered as ``oversized`` without being parsed.
+    event_types
+        Allowed ``event_type`` values; an empty tuple allows any string.
+    max_features
+        Most entries allowed in one event's ``features`` object.
+    """
+
+    max_record_bytes: int = 65536
+    event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
+    max_features: int = 256
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An invalid record: why, where it came from, and its bytes (for the dead-letter sink)."""
+
+    index: int
+    reason: str
+    detail: str
+    value: bytes | None = None
+    origin: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable form; the raw value as text when it is UTF-8, else as hex."""
+        out: dict = {"reason": self.reason, "detail": self.detail, "origin": self.origin}
+        if self.value is not None:
+            try:
+                out["value"] = self.value.decode("utf-8")
+            except UnicodeDecodeError:
+                out["value_hex"] = self.value.hex()
+        return out
+
+
+class EventBatch:
+    """A validated micro-batch in columnar form (an Arrow record batch of :data:`EVENT_SCHEMA`).
+
+    Columns are exposed as numpy arrays where they are numeric (zero-copy where Arrow allows).
+    ``row`` is each event's index in the raw batch it was decoded from.
+    """
+
+    __slots__ = ("_cache", "table")
+
+    def __init__(self, table: pa.RecordBatch):
+        if table.schema != EVENT_SCHEMA:
+            table = pa.RecordBatch.from_arrays(
+                [table.column(f.name).cast(f.type) for f in EVENT_SCHEMA], schema=EVENT_SCHEMA
+            )
+        self.table = table
+        self._cache: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def empty(cls) -> EventBatch:
+        return cls(_empty_batch())
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def column(self, name: str) -> pa.Array:
+        return self.table.column(name)
+
+    def _numeric(self, name: str, fill: float | int) -> np.ndarray:
+        if name not in self._cache:
+            col = self.table.column(name)
+            arr = col.fill_null(fill).to_numpy(zero_copy_only=False) if col.null_count else col.to_numpy()
+            arr.flags.writeable = False
+            self._cache[name] = arr
+        return self._cache[name]
+
+    @property
+    def ts(self) -> np.ndarray:
+        return self._numeric("ts", 0)
+
+    @property
+    def label(self) -> np.ndarray:
+        return self._numeric("label", 0.0)
+
+    @property
+    def position(self) -> np.ndarray:
+        """Position, -1 where absent."""
+        return self._numeric("position", -1)
+
+    @property
+    def propensity(self) -> np.ndarray:
+        """Logging propensity, NaN where absent."""
+        return self._numeric("propensity", math.nan)
+
+    @property
+    def row(self) -> np.ndarray:
+        return self._numeric("row", 0)
+
+    def strings(self, name: str) -> list[str | None]:
+        return self.table.column(name).to_pylist()
+
+    def take(self, indices: np.ndarray) -> EventBatch:
+        return EventBatch(self.table.take(pa.array(indices, type=pa.int64())))
+
+    def __repr__(self) -> str:
+        return f"EventBatch({len(self)} events)"
+
+
+def _empty_batch() -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in EVENT_SCHEMA], schema=EVENT_SCHEMA)
+
+
+def attach_origins(dead: Iterable[DeadLetter], origin_of) -> list[DeadLetter]:
+    """Fill in each dead letter's origin from a callable ``index -> dict``."""
+    return [DeadLetter(d.index, d.reason, d.detail, d.value, origin_of(d.index)) for d in dead]
