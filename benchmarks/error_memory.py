@@ -1,7 +1,10 @@
 """Ablation of the ReLoop2 error memory: base learner vs base + memory on a stream with abrupt drifts.
 
-The simulator's stream (``SimConfig`` defaults, a user x category cross in the features) carries two
-abrupt preference drifts, at 1/3 and 2/3 of it. For every base (``ftrl``, ``neural``, optionally
+Two simulator streams (``SimConfig`` defaults, a user x category cross in the features), each with two
+abrupt drifts at 1/3 and 2/3 of it: ``abrupt`` (every user's preference vector replaced: user x item
+errors) and ``popularity`` (the items' popularity offsets permuted: item-level errors shared by all
+users). Two memories: the learner's defaults (hashed-feature or representation key, decay 0.98) and
+``ITEM_MEMORY`` (a key dominated by the item id, decay 0.8). For every base (``ftrl``, ``neural``, optionally
 ``river:linear_model.LogisticRegression``) and seed:
 
 1. **Prequential** (predict, score, learn per micro-batch): one run of ``error_memory(<base>)``
@@ -17,11 +20,11 @@ abrupt preference drifts, at 1/3 and 2/3 of it. For every base (``ftrl``, ``neur
    Two schedules for the base: ``online`` (it learns every batch, the pipeline's default) and
    ``periodic`` (it learns the last slot's batches once per slot, n/12 events — ReLoop2's slowly
    updated model), while the memory always learns every batch.
-2. **The paper's protocol**: chronological slots; slot 0 trains the base; slot t is scored by the
+2. **The paper's protocol** (abrupt stream, default memory): chronological slots; slot 0 trains the base; slot t is scored by the
    base as it stands (``fixed``: trained on slot 0 only; ``incremental``: one more pass over every
    earlier slot) and by base + a memory written from slots 1..t-1 with the predictions served then.
-3. **Cost**: steady-state µs per event of the base alone and of the wrapper (predict + learn over
-   the first 40k events in batches of ``--cost-batch``, the runner's default 2,000; a quarter of
+3. **Cost**: steady-state µs per event of the base alone and of both wrappers (predict + learn over
+   the first 40k events in batches of each ``--cost-batch``, 2,000 (the runner's default) and 5,000; a quarter of
    them warms both up, the rest is timed in alternating runs, best of ``--repeats``), BLAS and
    torch on one thread.
 
@@ -55,6 +58,13 @@ from pipeline.simulate import Drift, Simulator
 
 #: memory configuration under test (the learner's defaults, spelled out)
 MEMORY = {"bits": 10, "tables": 8, "tau": 1.0, "lam": 0.5, "gamma": 0.0, "decay": 0.98, "key_dim": 16}
+#: the same memory keyed mostly by the item id and forgetting fast (half-life ~3 batches): chosen on
+#: seeds 10-12 (popularity stream, ftrl, online) among item_weight 2-20 and decay 0.7-0.95 - never on
+#: the seeds reported here
+ITEM_MEMORY = {**MEMORY, "item_weight": 8.0, "decay": 0.8}
+CONFIGS = {"features": MEMORY, "item": ITEM_MEMORY}
+LABELS = {"features": "", "item": ", item key"}
+KINDS = ("abrupt", "popularity")
 BASES = {
     "ftrl": {},
     "neural": {"dim": 16, "hidden": [64, 32], "user_rows": 4096, "item_rows": 1024, "feature_rows": 512},
@@ -62,23 +72,25 @@ BASES = {
 }
 
 
-def stream(seed: int, n: int, batch: int) -> tuple[list, tuple[int, ...]]:
+def stream(seed: int, n: int, batch: int, kind: str = "abrupt") -> tuple[list, tuple[int, ...]]:
     drifts = (n // 3, 2 * n // 3)
-    sim = Simulator(seed=seed, drifts=tuple(Drift(d, "abrupt") for d in drifts))
+    sim = Simulator(seed=seed, drifts=tuple(Drift(d, kind) for d in drifts))
     featurizer = Featurizer(FeatureSpec(crosses=(("user_id", "category"),)))
     batches = [featurizer.transform(decode_arrow(rb, EventRules())[0]) for rb in sim.batches(n, batch)]
     return batches, drifts
 
 
-def wrapper(base: str, seed: int) -> ErrorMemoryLearner:
-    return ErrorMemoryLearner(base, dict(BASES[base]), seed=seed, **MEMORY)
+def wrapper(base: str, seed: int, memory: dict | None = None) -> ErrorMemoryLearner:
+    return ErrorMemoryLearner(base, dict(BASES[base]), seed=seed, **(memory or MEMORY))
 
 
 # ------------------------------------------------------------------------------ prequential
-def prequential(base: str, batches: list, seed: int, period: int = 0) -> dict[str, np.ndarray]:
+def prequential(
+    base: str, batches: list, seed: int, period: int = 0, memory: dict | None = None
+) -> dict[str, np.ndarray]:
     """Online: the base learns every batch. ``period > 0``: it learns the last ``period`` batches at
     once every ``period`` batches (a slowly updated model), while the memory still learns every batch."""
-    model = wrapper(base, seed)
+    model = wrapper(base, seed, memory)
     learner = model.base_learner
     out: dict[str, list] = {"base": [], "memory": [], "label": []}
     pending = []
@@ -190,14 +202,15 @@ def slot_protocol(base: str, batches: list, seed: int, slots: int) -> dict[str, 
 
 # ------------------------------------------------------------------------------ cost
 def cost(base: str, batches: list, seed: int, repeats: int) -> dict[str, float]:
-    """Steady-state µs per event: both learners first see a quarter of the batches (first touches of
+    """Steady-state µs per event: every learner first sees a quarter of the batches (first touches of
     fresh tables cost page faults, once), then the rest is timed alternately, best of ``repeats``."""
     warm, timed = batches[: len(batches) // 4], batches[len(batches) // 4 :]
-    models = {"base": build_learner(base, params=dict(BASES[base])), "memory": wrapper(base, seed)}
+    models = {"base": build_learner(base, params=dict(BASES[base]))}
+    models.update({tag: wrapper(base, seed, mem) for tag, mem in CONFIGS.items()})
     for model in models.values():
         for fb in warm:
             model.learn(fb, model.predict(fb))
-    best = {"base": np.inf, "memory": np.inf}
+    best = dict.fromkeys(models, np.inf)
     for _ in range(repeats):
         for arm, model in models.items():
             start = time.perf_counter()
@@ -206,11 +219,11 @@ def cost(base: str, batches: list, seed: int, repeats: int) -> dict[str, float]:
             best[arm] = min(best[arm], time.perf_counter() - start)
     n = sum(len(fb) for fb in timed)
     us = {arm: 1e6 * s / n for arm, s in best.items()}
-    return {
-        "base_us": us["base"],
-        "memory_us": us["memory"],
-        "overhead_pct": 100 * (us["memory"] / us["base"] - 1),
-    }
+    out = {"base_us": us["base"]}
+    for tag in CONFIGS:
+        out[f"{tag}_us"] = us[tag]
+        out[f"{tag}_overhead_pct"] = 100 * (us[tag] / us["base"] - 1)
+    return out
 
 
 # ------------------------------------------------------------------------------ report
@@ -221,29 +234,33 @@ def plot(curves: dict, slots: dict, drifts: tuple[int, ...], path: Path) -> None
     import matplotlib.pyplot as plt
 
     bases = list(curves)
-    fig, axes = plt.subplots(3, len(bases), figsize=(6 * len(bases), 10), squeeze=False)
+    panels = [(kind, mode) for kind in KINDS for mode in ("online", "periodic")]
+    fig, axes = plt.subplots(len(panels) + 1, len(bases), figsize=(6 * len(bases), 3.4 * (len(panels) + 1)))
+    axes = np.asarray(axes).reshape(len(panels) + 1, len(bases))
     for j, base in enumerate(bases):
-        for i, mode in enumerate(("online", "periodic")):
-            ax = axes[i, j]
-            for arm, style in (("base", "--"), ("memory", "-")):
-                c = curves[base][mode][arm]
-                ax.plot(c["ends"] / 1000, c["auc"], style, label=base if arm == "base" else "+ error memory")
+        for i, (kind, mode) in enumerate(panels):
+            ax, runs = axes[i, j], curves[base][kind][mode]
+            c = runs["features"]["base"]
+            ax.plot(c["ends"] / 1000, c["auc"], "--", color="black", label=base)
+            for tag, color in (("features", "tab:blue"), ("item", "tab:orange")):
+                c = runs[tag]["memory"]
+                ax.plot(c["ends"] / 1000, c["auc"], "-", color=color, label=f"+ memory{LABELS[tag]}")
             for d in drifts:
                 ax.axvline(d / 1000, color="grey", lw=0.8)
             what = "learns every batch" if mode == "online" else "learns once per slot"
-            ax.set(title=f"{base} ({what}): windowed AUC", xlabel="events (k)", ylabel="AUC")
-            ax.legend()
-        ax = axes[2, j]
+            ax.set(title=f"{base} ({what}), {kind} drifts", xlabel="events (k)", ylabel="windowed AUC")
+            ax.legend(fontsize=8)
+        ax = axes[-1, j]
         for mode, color in (("fixed", "tab:red"), ("incremental", "tab:blue")):
             rows = slots[base][mode]
             t = [r["slot"] for r in rows]
             ax.plot(t, [r["base_auc"] for r in rows], "--", color=color, label=f"{mode} base")
             ax.plot(t, [r["memory_auc"] for r in rows], "-", color=color, label=f"{mode} + memory")
-        ax.set(title=f"{base}: chronological slots", xlabel="slot", ylabel="AUC")
+        ax.set(title=f"{base}: chronological slots (abrupt drifts)", xlabel="slot", ylabel="AUC")
         ax.legend(fontsize=8)
-    fig.suptitle("seed 0; grey lines: abrupt drifts")
+    fig.suptitle("seed 0; grey lines: drifts")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -252,24 +269,32 @@ def _mean(values: list) -> float:
     return float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
 
 
-def summarise(base: str, mode: str, scores: list[dict]) -> list[dict]:
-    rows = []
-    for arm in ("base", "memory"):
-        s = [sc[arm] for sc in scores]
-        own = [r for sc in s for r in sc["recovery_own"]]
-        common = [r for sc in s for r in sc["recovery_vs_base_level"]]
-        rows.append(
-            {
-                "learner": base if arm == "base" else f"error_memory({base})",
-                "mode": mode,
-                "stationary_auc": _mean([x["stationary_auc"] for x in s]),
-                "post_drift_auc": _mean([x["post_drift_auc"] for x in s]),
-                "post_drift_logloss": _mean([x["post_drift_logloss"] for x in s]),
-                "recovery_k": _mean(own) / 1000,
-                "recovery_base_level_k": _mean(common) / 1000,
-                "censored": f"{int(np.isnan(own).sum())}/{len(own)}",
-            }
-        )
+def _row(name: str, kind: str, mode: str, s: list[dict], base_rec: float) -> dict:
+    own = [r for sc in s for r in sc["recovery_own"]]
+    common = [r for sc in s for r in sc["recovery_vs_base_level"]]
+    rec = _mean(own) / 1000
+    return {
+        "learner": name,
+        "drift": kind,
+        "mode": mode,
+        "stationary_auc": _mean([x["stationary_auc"] for x in s]),
+        "post_drift_auc": _mean([x["post_drift_auc"] for x in s]),
+        "post_drift_logloss": _mean([x["post_drift_logloss"] for x in s]),
+        "recovery_k": rec,
+        "recovery_change_pct": 100 * (rec / base_rec - 1) if base_rec else float("nan"),
+        "recovery_base_level_k": _mean(common) / 1000,
+        "censored": f"{int(np.isnan(own).sum())}/{len(own)}",
+    }
+
+
+def summarise(base: str, kind: str, mode: str, scores: dict[str, list[dict]]) -> list[dict]:
+    """Rows for the base and each memory; ``scores[tag]`` holds one {base, memory} score per seed."""
+    first = next(iter(scores.values()))
+    base_row = _row(base, kind, mode, [sc["base"] for sc in first], 0.0)
+    rows = [base_row]
+    for tag, sc in scores.items():
+        name = f"error_memory({base}){LABELS[tag]}"
+        rows.append(_row(name, kind, mode, [x["memory"] for x in sc], base_row["recovery_k"]))
     return rows
 
 
@@ -296,6 +321,33 @@ def summarise_slots(base: str, runs: list[dict]) -> list[dict]:
     return rows
 
 
+def run_base(base: str, args: argparse.Namespace, curves0: dict) -> tuple[dict, tuple[int, ...], list[dict]]:
+    """Every drift kind, seed, base schedule and memory for one base: raw scores and summary rows."""
+    period = -(-args.events // args.slots) // args.batch  # batches per slot
+    raw: dict = {}
+    rows: list[dict] = []
+    for kind in KINDS:
+        scores = {mode: {tag: [] for tag in CONFIGS} for mode in ("online", "periodic")}
+        for seed in args.seeds:
+            batches, drifts = stream(seed, args.events, args.batch, kind)
+            t0 = time.perf_counter()
+            for mode, tag in itertools.product(scores, CONFIGS):
+                run = prequential(base, batches, seed, period if mode == "periodic" else 0, CONFIGS[tag])
+                sc = score_prequential(run, drifts, args.window, args.step)
+                if seed == args.seeds[0]:
+                    curves0.setdefault(base, {}).setdefault(kind, {}).setdefault(mode, {})[tag] = sc["curves"]
+                scores[mode][tag].append({arm: sc[arm] for arm in ("base", "memory")})
+            if kind == "abrupt":
+                sl = slot_protocol(base, batches, seed, args.slots)
+                sl["drift_slots"] = [d // (period * args.batch) for d in drifts]
+                raw.setdefault("slots", []).append(sl)
+            print(f"{base} {kind} seed {seed}: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        raw.setdefault("prequential", {})[kind] = scores
+        for mode, by_tag in scores.items():
+            rows += summarise(base, kind, mode, by_tag)
+    return raw, drifts, rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=240_000)
@@ -306,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--cost-batch", type=int, default=2000, help="batch size of the cost runs (runner default)"
+        "--cost-batch", type=int, nargs="+", default=[2000, 5000], help="batch sizes of the cost runs"
     )
     parser.add_argument("--river", action="store_true", help="also river:linear_model.LogisticRegression")
     parser.add_argument("--quick", action="store_true", help="60k events, one seed, one timing repeat")
@@ -318,34 +370,24 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     bases = ["ftrl", *(["neural"] if "neural" in known_kinds() else [])]
     bases += ["river:linear_model.LogisticRegression"] if args.river else []
-    period = -(-args.events // args.slots) // args.batch  # batches per slot
-    results: dict = {"memory": MEMORY, "bases": {b: BASES[b] for b in bases}, "args": vars(args), "runs": {}}
+    results: dict = {
+        "memory": CONFIGS,
+        "bases": {b: BASES[b] for b in bases},
+        "args": vars(args),
+        "runs": {},
+    }
     prequential_rows, slot_rows, cost_rows, curves0, slots0 = [], [], [], {}, {}
     for base in bases:
-        scores: dict[str, list] = {"online": [], "periodic": []}
-        slot_runs = []
-        for seed in args.seeds:
-            batches, drifts = stream(seed, args.events, args.batch)
-            t0 = time.perf_counter()
-            for mode in scores:
-                run = prequential(base, batches, seed, period if mode == "periodic" else 0)
-                sc = score_prequential(run, drifts, args.window, args.step)
-                if seed == args.seeds[0]:
-                    curves0.setdefault(base, {})[mode] = sc["curves"]
-                scores[mode].append({arm: sc[arm] for arm in ("base", "memory")})
-            sl = slot_protocol(base, batches, seed, args.slots)
-            sl["drift_slots"] = [d // (period * args.batch) for d in drifts]
-            slots0.setdefault(base, sl)
-            slot_runs.append(sl)
-            print(f"{base} seed {seed}: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-        timing = cost(
-            base, stream(args.seeds[0], min(args.events, 40_000), args.cost_batch)[0], 0, args.repeats
-        )
-        results["runs"][base] = {"prequential": scores, "slots": slot_runs, "cost": timing}
-        for mode, sc in scores.items():
-            prequential_rows += summarise(base, mode, sc)
-        slot_rows += summarise_slots(base, slot_runs)
-        cost_rows.append({"learner": base, **timing})
+        raw, drifts, rows = run_base(base, args, curves0)
+        slots0[base] = raw["slots"][0]
+        raw["cost"] = {}
+        for size in args.cost_batch:
+            timing = cost(base, stream(args.seeds[0], min(args.events, 40_000), size)[0], 0, args.repeats)
+            raw["cost"][size] = timing
+            cost_rows.append({"learner": base, "batch": size, **timing})
+        results["runs"][base] = raw
+        prequential_rows += rows
+        slot_rows += summarise_slots(base, raw["slots"])
     results["summary"] = {"prequential": prequential_rows, "slots": slot_rows, "cost": cost_rows}
     png = RESULTS / "error_memory.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -356,11 +398,13 @@ def main(argv: list[str] | None = None) -> int:
             prequential_rows,
             [
                 ("learner", "learner"),
+                ("drift", "drifts"),
                 ("mode", "base updated"),
                 ("stationary_auc", "AUC stationary"),
                 ("post_drift_auc", "AUC after drifts"),
                 ("post_drift_logloss", "logloss after drifts"),
                 ("recovery_k", "recovery (k events)"),
+                ("recovery_change_pct", "vs base %"),
                 ("recovery_base_level_k", "recovery to base's level (k)"),
                 ("censored", "not recovered"),
             ],
@@ -379,17 +423,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print()
-    print(
-        table(
-            cost_rows,
-            [
-                ("learner", "base"),
-                ("base_us", "base µs/event"),
-                ("memory_us", "+ memory µs/event"),
-                ("overhead_pct", "overhead %"),
-            ],
-        )
-    )
+    cost_cols = [("learner", "base"), ("batch", "batch"), ("base_us", "base µs/event")]
+    for tag in CONFIGS:
+        cost_cols += [(f"{tag}_us", f"+ memory{LABELS[tag]} µs/event"), (f"{tag}_overhead_pct", "overhead %")]
+    print(table(cost_rows, cost_cols))
     print(f"\nsaved {path} and {png}")
     return 0
 

@@ -10,8 +10,15 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.events import EventRules, decode_json
 from pipeline.features import FeatureSpec, Featurizer
-from pipeline.learners.error_memory import ErrorMemory, ErrorMemoryLearner, KeyCenter, SimHash, hashed_keys
-from pipeline.learners.error_memory.keys import _multiplier, one_thread_matmul
+from pipeline.learners.error_memory import (
+    ErrorMemory,
+    ErrorMemoryLearner,
+    KeyCenter,
+    SimHash,
+    hashed_keys,
+    item_keys,
+)
+from pipeline.learners.error_memory.keys import _item_multipliers, _multiplier, one_thread_matmul
 from pipeline.learners.ftrl import FTRL
 from pipeline.learners.registry import build_learner
 from pipeline.metrics import METRIC_NAMES
@@ -304,6 +311,7 @@ def test_registry_builds_error_memory_with_descriptive_default_name():
         ("decay", 0.0),
         ("min_count", -1.0),
         ("key_dim", 0),
+        ("item_weight", -1.0),
         ("seed", -1),
         ("base", "error_memory"),
     ],
@@ -382,3 +390,55 @@ def test_empty_batch_is_scored_and_learned_without_touching_the_memory():
     model.learn(empty, p)
     assert p.shape == (0,) and p.dtype == np.float64
     np.testing.assert_array_equal(model.memory.count, before)
+
+
+def test_item_keys_are_a_fixed_sign_vector_per_item_and_seed():
+    items = np.array([7, 7, 123456789, 2**63 + 5], dtype=np.uint64)
+    got = item_keys(items, dim=40, seed=2)
+    assert got.dtype == np.float32 and set(np.unique(got)) <= {-1.0, 1.0}
+    np.testing.assert_array_equal(got[0], got[1])
+    assert not np.array_equal(got[0], got[2]) and not np.array_equal(got, item_keys(items, 40, seed=3))
+    # coordinate d: top bit of item · m_d (mod 2**64), m_d odd; recomputed with Python integers
+    mults = [int(m) for m in _item_multipliers(40, 2)]
+    assert all(m % 2 for m in mults)
+    want = [[-1.0 if (int(h) * m) % 2**64 >> 63 else 1.0 for m in mults] for h in items]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_item_weight_adds_the_weighted_item_vector_to_the_key():
+    fb = _stream(1)[0]
+    plain = ErrorMemoryLearner("ftrl", {"bits": 14}, key_dim=8, seed=1)
+    weighted = ErrorMemoryLearner("ftrl", {"bits": 14}, key_dim=8, seed=1, item_weight=3.0)
+    np.testing.assert_allclose(
+        weighted.keys(fb), plain.keys(fb) + 3.0 * item_keys(fb.item_hash, 8, seed=1), rtol=0, atol=1e-6
+    )
+
+
+def test_large_item_weight_puts_events_of_one_item_in_the_same_buckets():
+    fb = _stream(1, size=200, items=6)[0]
+    model = ErrorMemoryLearner("ftrl", {"bits": 14}, bits=8, tables=4, item_weight=1000.0)
+    buckets = model.buckets(fb)
+    for item in np.unique(fb.item_hash):
+        same = buckets[fb.item_hash == item]
+        assert (same == same[0]).all()
+    assert len({tuple(b) for b in buckets}) == len(np.unique(fb.item_hash))
+
+
+def test_load_state_rejects_a_different_item_weight():
+    a = ErrorMemoryLearner("ftrl", {"bits": 14}, item_weight=2.0)
+    b = ErrorMemoryLearner("ftrl", {"bits": 14}, item_weight=0.0)
+    with pytest.raises(ValueError, match="item_weight"):
+        b.load_state(a.state())
+
+
+def test_neural_predict_with_representation_equals_its_two_separate_passes():
+    from pipeline.learners.neural import NeuralRanker
+
+    a, b = _stream(2)
+    model = NeuralRanker(dim=4, user_rows=32, item_rows=16, feature_rows=16, hidden=(8,), seed=0)
+    model.learn(a, model.predict(a))
+    p, rep = model.predict_with_representation(b)
+    np.testing.assert_array_equal(p, model.predict(b))
+    np.testing.assert_array_equal(rep, model.representation(b))
+    p0, rep0 = model.predict_with_representation(Featurizer().transform(decode_json([], EventRules())[0]))
+    assert p0.shape == (0,) and rep0.shape == (0, model.spec.representation_width)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pipeline.learners.error_memory.keys import KeyCenter, SimHash, hashed_keys
+from pipeline.learners.error_memory.keys import KeyCenter, SimHash, hashed_keys, item_keys
 from pipeline.learners.error_memory.learner import ErrorMemoryLearner, Served
 from pipeline.learners.error_memory.memory import ErrorMemory
 
@@ -23,6 +23,7 @@ __all__ = [
     "Served",
     "SimHash",
     "hashed_keys",
+    "item_keys",
     "register_learners",
 ]
 

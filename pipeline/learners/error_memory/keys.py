@@ -26,12 +26,14 @@ Examples
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from pipeline.features import FeatureBatch
 from pipeline.hashing import hash_one
 
-__all__ = ["KeyCenter", "SimHash", "StackedProduct", "hashed_keys", "one_thread_matmul"]
+__all__ = ["KeyCenter", "SimHash", "StackedProduct", "hashed_keys", "item_keys", "one_thread_matmul"]
 
 # OpenBLAS runs a product on one thread while m·n·k is at most 4 · 65536; its threads cost far
 # more than a micro-batch's arithmetic on a busy machine, so products are cut into stacks below it
@@ -61,6 +63,25 @@ def hashed_keys(batch: FeatureBatch, key_dim: int, seed: int = 0) -> np.ndarray:
     cell += np.repeat(np.arange(0, n * cells, cells), np.diff(batch.indptr))
     parts = np.bincount(cell, weights=batch.values, minlength=n * cells).reshape(n, key_dim, 2)
     return np.subtract(parts[..., 0], parts[..., 1], dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _item_multipliers(dim: int, seed: int) -> np.ndarray:
+    return np.array(
+        [hash_one(f"{seed}:{d}", namespace="error_memory.item") | 1 for d in range(dim)], np.uint64
+    )
+
+
+def item_keys(item_hash: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
+    """A seeded random ±1 vector per item id: float32 ``[len(item_hash), dim]``.
+
+    Coordinate d is the sign of the item hash times the d-th seeded odd constant (its top bit), so
+    two items' vectors are independent and nearly orthogonal, and one item always gets the same one.
+    Added to a key with a large weight, it makes the SimHash buckets of an event mostly those of its
+    item: the memory then pools the errors of every event showing that item (item-level drift).
+    """
+    x = np.asarray(item_hash, np.uint64)[:, None] * _item_multipliers(int(dim), int(seed))
+    return np.subtract(1.0, (x >> np.uint64(63)).astype(np.float32) * 2.0, dtype=np.float32)
 
 
 class StackedProduct:
@@ -139,7 +160,7 @@ class SimHash:
         if offset is None:
             rows[:] = keys
         else:
-            np.subtract(keys, offset, out=rows, casting="unsafe")
+            np.subtract(keys, np.asarray(offset, np.float32), out=rows, casting="unsafe")
         projections = self._project.run()
         np.greater(projections, 0, out=self._pack.input(len(keys)), casting="unsafe")
         return self._pack.run().astype(np.int64)

@@ -42,7 +42,7 @@ import numpy as np
 
 from pipeline.features import FeatureBatch
 from pipeline.learners.base import Learner, StateBundle
-from pipeline.learners.error_memory.keys import KeyCenter, SimHash, hashed_keys
+from pipeline.learners.error_memory.keys import KeyCenter, SimHash, hashed_keys, item_keys
 from pipeline.learners.error_memory.memory import ErrorMemory
 
 __all__ = ["ErrorMemoryLearner", "Served"]
@@ -83,6 +83,11 @@ class ErrorMemoryLearner(Learner):
         Subtract the running mean of the keys before hashing (spreads a ReLU layer's keys over the buckets).
     key_dim
         Dimension of the hashed-feature key (ignored when the base has ``representation``).
+    item_weight
+        Weight of a seeded random ±1 vector of the event's item id added to every key (0 = none;
+        :func:`~pipeline.learners.error_memory.keys.item_keys`). Large values make the memory pool
+        errors per item, which is what corrects item-level drift (a popularity shift) that the base
+        follows slowly.
     seed
         Seeds the key hashing and the LSH hyperplanes.
     name
@@ -104,6 +109,7 @@ class ErrorMemoryLearner(Learner):
         min_count: float = 0.0,
         center: bool = True,
         key_dim: int = 16,
+        item_weight: float = 0.0,
         seed: int = 0,
         name: str | None = None,
     ):
@@ -113,6 +119,9 @@ class ErrorMemoryLearner(Learner):
             raise ValueError(f"base must be the kind of another learner (e.g. 'ftrl'), got {base!r}")
         if not isinstance(key_dim, (int, np.integer)) or not 1 <= key_dim <= 4096:
             raise ValueError(f"key_dim must be an integer in [1, 4096], got {key_dim!r}")
+        ok = isinstance(item_weight, (int, float)) and not isinstance(item_weight, bool)
+        if not ok or not np.isfinite(item_weight) or item_weight < 0:
+            raise ValueError(f"item_weight must be a finite number >= 0, got {item_weight!r}")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         super().__init__(name or f"{self.kind}({base})")
@@ -124,6 +133,7 @@ class ErrorMemoryLearner(Learner):
         if not isinstance(center, bool):
             raise ValueError(f"center must be true or false, got {center!r}")
         self.center, self.key_dim, self.seed = center, int(key_dim), int(seed)
+        self.item_weight = float(item_weight)
         self._base = build_learner(base, name=f"{self.name}.base", params=self.base_params)
         self._lsh: SimHash | None = None
         self._center = KeyCenter()
@@ -150,8 +160,15 @@ class ErrorMemoryLearner(Learner):
         """The memory key of every event: the base's ``representation`` or the hashed features."""
         represent = getattr(self._base, "representation", None)
         if callable(represent):
-            return np.asarray(represent(batch), dtype=np.float32).reshape(len(batch), -1)
-        return hashed_keys(batch, self.key_dim, self.seed)
+            keys = np.asarray(represent(batch), dtype=np.float32).reshape(len(batch), -1)
+        else:
+            keys = hashed_keys(batch, self.key_dim, self.seed)
+        return self._with_item(batch, keys)
+
+    def _with_item(self, batch: FeatureBatch, keys: np.ndarray) -> np.ndarray:
+        if self.item_weight and len(batch):
+            keys = keys + self.item_weight * item_keys(batch.item_hash, keys.shape[1], self.seed)
+        return keys
 
     def buckets(self, batch: FeatureBatch) -> np.ndarray:
         """Bucket id of every event in every table: int64 ``[n, tables]``."""
@@ -174,7 +191,7 @@ class ErrorMemoryLearner(Learner):
         both = getattr(self._base, "predict_with_representation", None)
         if callable(both):  # one forward pass for the score and the key
             y_base, keys = both(batch)
-            keys = np.asarray(keys, dtype=np.float32).reshape(len(batch), -1)
+            keys = self._with_item(batch, np.asarray(keys, dtype=np.float32).reshape(len(batch), -1))
         else:
             y_base, keys = self._base.predict(batch), self.keys(batch)
         y_base = np.asarray(y_base, dtype=np.float64)
@@ -241,6 +258,7 @@ class ErrorMemoryLearner(Learner):
             "bits": self._memory.bits,
             "tables": self._memory.tables,
             "seed": self.seed,
+            "item_weight": self.item_weight,
             "key_dim": self._lsh.dim if self._lsh is not None else None,
             "lsh": "simhash-gaussian-float32",
             "base_kind": self.base,
@@ -259,8 +277,11 @@ class ErrorMemoryLearner(Learner):
 
     def load_state(self, bundle: StateBundle) -> None:
         meta = bundle.meta
-        for key, mine in (("bits", self._memory.bits), ("tables", self._memory.tables), ("seed", self.seed)):
-            if meta.get(key) != mine:
+        mine_all = {"bits": self._memory.bits, "tables": self._memory.tables, "seed": self.seed}
+        mine_all["item_weight"] = self.item_weight
+        for key, mine in mine_all.items():
+            # states written before item_weight existed had none: their keys had no item part
+            if meta.get(key, 0.0 if key == "item_weight" else None) != mine:
                 raise ValueError(
                     f"error memory state has {key}={meta.get(key)!r}, this learner has {key}={mine!r}"
                 )

@@ -97,6 +97,7 @@ class ErrorMemory:
         self.min_count = _finite("min_count", min_count, 0.0, np.inf)
         self._offsets = (np.arange(self.tables, dtype=np.int64) << self.bits)[:, None]
         self._work = np.zeros(0)
+        self._tiled = np.zeros(0)
         self.reset()
 
     @property
@@ -202,12 +203,16 @@ class ErrorMemory:
         if self.decay != 1.0:
             for arr in (self._count, self._sum_y, self._sum_ybase):
                 arr *= self.decay
-        # slots are [K, n], so an event's value repeats K times; tiled explicitly, because numpy 2.4's
-        # add.at reads garbage when the values are broadcast over a 2-D index
-        flat, k = slots.ravel(), self.tables
+        # slots are [K, n], so an event's value repeats K times; tiled explicitly (into a reused array),
+        # because numpy 2.4's add.at reads garbage when the values are broadcast over a 2-D index
+        flat = slots.ravel()
+        if len(self._tiled) < flat.size:
+            self._tiled = np.empty(flat.size)
+        tiled = self._tiled[: flat.size]
         np.add.at(self._count, flat, 1.0)
-        np.add.at(self._sum_y, flat, np.tile(np.asarray(labels, dtype=np.float64), k))
-        np.add.at(self._sum_ybase, flat, np.tile(np.asarray(y_base, dtype=np.float64), k))
+        for total, values in ((self._sum_y, labels), (self._sum_ybase, y_base)):
+            np.copyto(tiled.reshape(slots.shape), values, casting="unsafe")
+            np.add.at(total, flat, tiled)
 
     # ------------------------------------------------------------------------------ state
     def arrays(self) -> dict[str, np.ndarray]:
