@@ -17,11 +17,12 @@ import orjson
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka import errors as kafka_errors
 
-from consumers.kafka_source import UNAVAILABLE_ERRORS, Backoff
+from consumers.backoff import Backoff
+from consumers.kafka_source import UNAVAILABLE_ERRORS
 from pipeline.errors import ConfigError, StreamlearnError
 from pipeline.events import DeadLetter
 
-__all__ = ["DeadLetterError", "KafkaDeadLetterSink", "dead_letter_headers"]
+__all__ = ["ADMIN_KEYS", "DeadLetterError", "KafkaDeadLetterSink", "dead_letter_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ class KafkaDeadLetterSink:
             producer.flush(timeout=self.send_timeout_s)
         except (*UNAVAILABLE_ERRORS, DeadLetterError) as exc:
             log.warning("dead-letter send failed: %r", exc)
+            self._discard_producer()
             return letters
         failed = []
         for d, fut in zip(letters, futures):
@@ -163,7 +165,19 @@ class KafkaDeadLetterSink:
             except kafka_errors.KafkaError as exc:
                 log.warning("dead letter %s not acknowledged: %r", d.origin, exc)
                 failed.append(d)
+        if failed:
+            # an idempotent producer stays in a fatal state after some errors (e.g. a record too large
+            # for the topic): the next attempt gets a fresh one, so a fixed topic is picked up
+            self._discard_producer()
         return failed
+
+    def _discard_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=0)
+            except Exception as exc:  # already broken: nothing more to release
+                log.debug("closing a failed dead-letter producer: %r", exc)
 
     def _ensure_producer(self) -> KafkaProducer:
         if self._producer is None:
@@ -206,7 +220,7 @@ class KafkaDeadLetterSink:
         return f"KafkaDeadLetterSink({self.bootstrap_servers!r}, {where!r})"
 
 
-_ADMIN_KEYS = (
+ADMIN_KEYS = (
     "security_protocol",
     "sasl_mechanism",
     "sasl_plain_username",
@@ -230,7 +244,7 @@ def _create_topic(
     client_kwargs: Mapping[str, object],
     admin_factory: Callable[..., KafkaAdminClient] = KafkaAdminClient,
 ) -> None:
-    security = {k: v for k, v in client_kwargs.items() if k in _ADMIN_KEYS}
+    security = {k: v for k, v in client_kwargs.items() if k in ADMIN_KEYS}
     try:
         admin = admin_factory(bootstrap_servers=bootstrap_servers, **security)
     except UNAVAILABLE_ERRORS as exc:

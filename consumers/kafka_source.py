@@ -1,21 +1,23 @@
 """Micro-batches from Kafka (DESIGN §7): a consumer group over kafka-python with manual offsets.
 
-:class:`KafkaSource` polls a consumer group with ``enable_auto_commit=False`` and hands the runner
-:class:`RawBatch` objects: the record values, their origins (columnar, built lazily) and the positions
-after the batch. The snapshot's positions are the truth: on assignment the worker seeks to them, on
+:class:`KafkaSource` polls a consumer group with ``enable_auto_commit=False``. :meth:`KafkaSource.poll`
+hands out :class:`RawBatch` objects (the record values, their origins as lazily built columns, the
+positions after the batch); :meth:`KafkaSource.poll_partitions` hands out the same records per
+partition as :class:`PartitionRecords`, which is what the worker cuts into offset-aligned
+micro-batches. The snapshot's positions are the truth: on assignment the worker seeks to them, on
 revocation it snapshots and commits, and Kafka's committed offsets are written after each snapshot
-for lag and tooling only.
+(``consumers/worker`` explains the protocol; commits may carry metadata naming the snapshot).
 
 Positions are keyed ``"topic:partition"`` (topic names cannot contain ``:``) and hold the *next*
-offset to read, as Kafka's committed offsets do.
+offset to read, as Kafka's committed offsets do. Backoff and bounded retries come from
+:mod:`consumers.backoff` (re-exported here).
 
 Examples
 --------
->>> backoff = Backoff(initial_s=0.5, max_s=4.0, jitter=0.0)
->>> [backoff.next_delay() for _ in range(5)]
-[0.5, 1.0, 2.0, 4.0, 4.0]
 >>> KafkaOrigins(["t"], np.array([0, 0], np.int32), np.array([2, 0], np.int32), np.array([7, 8]))(1)
 {'topic': 't', 'partition': 0, 'offset': 8}
+>>> parse_key("clicks.v2:3"), partition_key(TopicPartition("clicks.v2", 3))
+(TopicPartition(topic='clicks.v2', partition=3), 'clicks.v2:3')
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka import errors as kafka_errors
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
+from consumers.backoff import Backoff
+from consumers.backoff import retry_call as _retry_call
 from pipeline.errors import ConfigError, StreamlearnError
 
 try:  # kafka-python >= 3 runs rebalance listeners on its IO thread
@@ -45,6 +49,7 @@ __all__ = [
     "KafkaSource",
     "KafkaSourceError",
     "KafkaUnavailableError",
+    "PartitionRecords",
     "RawBatch",
     "parse_key",
     "partition_key",
@@ -70,12 +75,33 @@ class KafkaUnavailableError(KafkaSourceError):
     """The brokers did not answer within the bounded retries."""
 
 
+def retry_call(
+    fn: Callable[[], object],
+    *,
+    attempts: int,
+    backoff: Backoff | None = None,
+    retry_on: tuple[type[BaseException], ...] = UNAVAILABLE_ERRORS,
+    sleep: Callable[[float], None] = time.sleep,
+    what: str = "call",
+):
+    """:func:`consumers.backoff.retry_call` for broker calls: raises :class:`KafkaUnavailableError`."""
+    return _retry_call(
+        fn,
+        attempts=attempts,
+        retry_on=retry_on,
+        backoff=backoff,
+        sleep=sleep,
+        what=what,
+        error=KafkaUnavailableError,
+    )
+
+
 # --------------------------------------------------------------------------- batches
 
 
 @dataclass
 class RawBatch:
-    """One micro-batch of raw records, as the runner's source contract expects."""
+    """One micro-batch of raw records over any partitions, as :meth:`KafkaSource.poll` returns it."""
 
     values: list[bytes]
     origins: list[dict] | Callable[[int], dict]
@@ -84,6 +110,38 @@ class RawBatch:
 
     def __len__(self) -> int:
         return len(self.values)
+
+    def to_runner_batch(self, received_ms: int | None = None):
+        """The same records as the runner's :class:`pipeline.runner.RawBatch`."""
+        from pipeline.runner import RawBatch as RunnerBatch
+
+        origin = self.origins if callable(self.origins) else self.origins.__getitem__
+        return RunnerBatch(
+            values=self.values, positions=dict(self.positions), origin=origin, received_ms=received_ms
+        )
+
+
+@dataclass
+class PartitionRecords:
+    """The records one poll returned for one partition, as columns (offsets ascending)."""
+
+    key: str
+    values: list[bytes]
+    offsets: np.ndarray
+    timestamps_ms: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @classmethod
+    def from_consumer_records(cls, tp: TopicPartition, records: list) -> PartitionRecords:
+        n = len(records)
+        return cls(
+            partition_key(tp),
+            [b"" if r.value is None else r.value for r in records],
+            np.fromiter((r.offset for r in records), dtype=np.int64, count=n),
+            np.fromiter((r.timestamp for r in records), dtype=np.int64, count=n),
+        )
 
 
 class KafkaOrigins:
@@ -123,118 +181,28 @@ def parse_key(key: str) -> TopicPartition:
     return TopicPartition(topic, int(part))
 
 
-def _batch_from_records(records: Mapping[TopicPartition, list]) -> RawBatch:
+def _batch_from_parts(parts: list[PartitionRecords]) -> RawBatch:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return _empty_batch()
     topics: list[str] = []
-    codes, parts, offsets, stamps, values = [], [], [], [], []
-    positions: dict[str, int] = {}
-    for tp, recs in records.items():
-        if not recs:
-            continue
+    codes, partitions, values = [], [], []
+    for part in parts:
+        tp = parse_key(part.key)
         if tp.topic not in topics:
             topics.append(tp.topic)
-        n = len(recs)
-        codes.append(np.full(n, topics.index(tp.topic), dtype=np.int32))
-        parts.append(np.full(n, tp.partition, dtype=np.int32))
-        offsets.append(np.fromiter((r.offset for r in recs), dtype=np.int64, count=n))
-        stamps.append(np.fromiter((r.timestamp for r in recs), dtype=np.int64, count=n))
-        values.extend(b"" if r.value is None else r.value for r in recs)
-        positions[partition_key(tp)] = int(offsets[-1][-1]) + 1
-    if not values:
-        return _empty_batch()
-    origins = KafkaOrigins(topics, np.concatenate(codes), np.concatenate(parts), np.concatenate(offsets))
-    return RawBatch(values, origins, positions, np.concatenate(stamps))
+        codes.append(np.full(len(part), topics.index(tp.topic), dtype=np.int32))
+        partitions.append(np.full(len(part), tp.partition, dtype=np.int32))
+        values.extend(part.values)
+    offsets = np.concatenate([p.offsets for p in parts])
+    origins = KafkaOrigins(topics, np.concatenate(codes), np.concatenate(partitions), offsets)
+    positions = {p.key: int(p.offsets[-1]) + 1 for p in parts}
+    return RawBatch(values, origins, positions, np.concatenate([p.timestamps_ms for p in parts]))
 
 
 def _empty_batch() -> RawBatch:
     empty = np.zeros(0, dtype=np.int64)
     return RawBatch([], KafkaOrigins([], empty.astype(np.int32), empty.astype(np.int32), empty), {}, empty)
-
-
-# --------------------------------------------------------------------------- backoff
-
-
-class Backoff:
-    """Bounded exponential backoff: ``initial_s * factor**k`` capped at ``max_s``, with seeded jitter.
-
-    Parameters
-    ----------
-    initial_s, max_s
-        First and largest delay in seconds.
-    factor
-        Growth per attempt (> 1 grows).
-    jitter
-        Each delay is multiplied by a uniform draw in ``[1 - jitter, 1 + jitter]`` (then capped),
-        so that many workers do not retry in step.
-    seed
-        Seed of the jitter's random generator.
-    """
-
-    def __init__(
-        self,
-        initial_s: float = 0.2,
-        max_s: float = 30.0,
-        factor: float = 2.0,
-        jitter: float = 0.2,
-        seed: int = 0,
-    ):
-        if initial_s <= 0:
-            raise ValueError(f"initial_s must be > 0, got {initial_s}")
-        if max_s < initial_s:
-            raise ValueError(f"max_s must be >= initial_s ({initial_s}), got {max_s}")
-        if factor < 1:
-            raise ValueError(f"factor must be >= 1, got {factor}")
-        if not 0 <= jitter < 1:
-            raise ValueError(f"jitter must be in [0, 1), got {jitter}")
-        self.initial_s, self.max_s, self.factor = initial_s, max_s, factor
-        self.jitter, self.seed = jitter, seed
-        self._rng = np.random.default_rng(seed)
-        self._attempt = 0
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt; each call counts one failed attempt."""
-        base = min(self.max_s, self.initial_s * self.factor**self._attempt)
-        self._attempt += 1
-        if self.jitter:
-            base *= float(self._rng.uniform(1.0 - self.jitter, 1.0 + self.jitter))
-        return min(self.max_s, base)
-
-    def reset(self) -> None:
-        """Start again from ``initial_s`` (after a success)."""
-        self._attempt = 0
-
-    @property
-    def attempts(self) -> int:
-        return self._attempt
-
-
-def retry_call(
-    fn: Callable[[], object],
-    *,
-    attempts: int,
-    backoff: Backoff | None = None,
-    retry_on: tuple[type[BaseException], ...] = UNAVAILABLE_ERRORS,
-    sleep: Callable[[float], None] = time.sleep,
-    what: str = "call",
-):
-    """Call ``fn`` up to ``attempts`` times, sleeping per ``backoff`` after each ``retry_on`` error.
-
-    Raises :class:`KafkaUnavailableError` (chained to the last error) when every attempt failed.
-    """
-    if attempts < 1:
-        raise ValueError(f"attempts must be >= 1, got {attempts}")
-    backoff = backoff or Backoff()
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except retry_on as exc:
-            if attempt == attempts:
-                raise KafkaUnavailableError(f"{what} failed after {attempts} attempts: {exc!r}") from exc
-            delay = backoff.next_delay()
-            log.warning(
-                "%s failed (attempt %d/%d): %r; retrying in %.2f s", what, attempt, attempts, exc, delay
-            )
-            sleep(delay)
-    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- source
@@ -311,11 +279,21 @@ class KafkaSource:
         self._owned: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
         self._handed_back: dict[TopicPartition, int] = {}
+        self._awaiting_assignment = False
+        self._subscribed = False
 
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> KafkaSource:
         """Connect (bounded retries with backoff) and subscribe; idempotent."""
+        return self.connect().subscribe()
+
+    def connect(self) -> KafkaSource:
+        """Create the consumer (bounded retries with backoff) without joining the group; idempotent.
+
+        Between :meth:`connect` and :meth:`subscribe` the group's committed offsets can be read
+        (:meth:`committed_offsets`) before any partition is assigned.
+        """
         if self._consumer is None:
             self._consumer = retry_call(
                 self._new_consumer,
@@ -324,8 +302,17 @@ class KafkaSource:
                 what=f"connecting to {self.bootstrap_servers}",
             )
             self.backoff.reset()
+            self._subscribed = False
+        return self
+
+    def subscribe(self) -> KafkaSource:
+        """Join the group on :attr:`topics` with the rebalance callbacks; idempotent."""
+        self.connect()
+        if not self._subscribed:
             self._load_topic_metadata()
             self._consumer.subscribe(self.topics, listener=_make_listener(self))
+            self._subscribed = True
+            self._awaiting_assignment = True
         return self
 
     def _load_topic_metadata(self) -> None:
@@ -351,9 +338,11 @@ class KafkaSource:
     @property
     def consumer(self) -> KafkaConsumer:
         """The underlying ``KafkaConsumer`` (opened on first use)."""
-        return self.open()._consumer
+        if self._consumer is None:
+            self.open()
+        return self._consumer
 
-    def close(self) -> None:
+    def close(self, timeout_ms: int | None = None) -> None:
         """Run ``on_revoke`` for the owned partitions, then leave the group and close the consumer.
 
         The callback runs before the consumer starts closing because a closing consumer can no longer
@@ -367,7 +356,7 @@ class KafkaSource:
                 self._revoked(list(self._owned))
         finally:
             self._consumer = None
-            consumer.close(autocommit=False)
+            consumer.close(autocommit=False, timeout_ms=timeout_ms)
             self._positions.clear()
             self._owned.clear()
             self._paused.clear()
@@ -396,12 +385,20 @@ class KafkaSource:
 
     def poll(self, timeout_ms: int | None = None, max_records: int | None = None) -> RawBatch:
         """The next micro-batch; empty when nothing arrived within ``timeout_ms``."""
+        return _batch_from_parts(self.poll_partitions(timeout_ms, max_records))
+
+    def poll_partitions(
+        self, timeout_ms: int | None = None, max_records: int | None = None
+    ) -> list[PartitionRecords]:
+        """The next records, one :class:`PartitionRecords` per partition that had any."""
         timeout = self.poll_timeout_ms if timeout_ms is None else timeout_ms
+        if self._awaiting_assignment:
+            self._nudge_rejoin()
         records = self.consumer.poll(timeout_ms=timeout, max_records=max_records or self.max_records)
-        batch = _batch_from_records(records)
-        for key, offset in batch.positions.items():
-            self._positions[parse_key(key)] = offset
-        return batch
+        parts = [PartitionRecords.from_consumer_records(tp, recs) for tp, recs in records.items() if recs]
+        for part in parts:
+            self._positions[parse_key(part.key)] = int(part.offsets[-1]) + 1
+        return parts
 
     def __iter__(self) -> Iterator[RawBatch]:
         """Poll forever, yielding every batch (empty ones too, so the caller can check timers and signals)."""
@@ -414,6 +411,10 @@ class KafkaSource:
     def assignment(self) -> list[str]:
         """Sorted keys of the partitions assigned to this consumer."""
         return sorted(partition_key(tp) for tp in self.consumer.assignment())
+
+    def owned(self) -> list[str]:
+        """Keys of the partitions this consumer owns between rebalances (empty when not connected)."""
+        return sorted(partition_key(tp) for tp in self._owned)
 
     def positions(self) -> dict[str, int]:
         """Next offset per owned partition whose position is known (consumed from or sought)."""
@@ -435,12 +436,27 @@ class KafkaSource:
                 self._positions[tp] = offset
         return sorted(partition_key(tp) for tp in wanted if tp in assigned)
 
-    def commit(self, positions: Mapping[str, int] | None = None) -> dict[str, int]:
-        """Commit ``positions`` (default: :meth:`positions`) as the group's offsets; returns what was committed."""
+    def commit(
+        self,
+        positions: Mapping[str, int] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> dict[str, int]:
+        """Commit ``positions`` (default: :meth:`positions`) as the group's offsets; returns what was committed.
+
+        ``metadata`` maps partition keys to the string stored beside each offset (default empty).
+        Raises kafka-python's errors (e.g. ``CommitFailedError`` after a rebalance) unchanged.
+        """
         positions = self.positions() if positions is None else dict(positions)
+        metadata = metadata or {}
         if positions:
-            offsets = {parse_key(k): OffsetAndMetadata(int(v), "", -1) for k, v in positions.items()}
-            self.consumer.commit(offsets)
+            offsets = {
+                parse_key(k): OffsetAndMetadata(int(v), metadata.get(k, ""), -1) for k, v in positions.items()
+            }
+            if timeout_ms is None:
+                self.consumer.commit(offsets)
+            else:
+                self.consumer.commit(offsets, timeout_ms=timeout_ms)
         return positions
 
     def committed(self) -> dict[str, int]:
@@ -451,6 +467,66 @@ class KafkaSource:
             if off is not None:
                 out[partition_key(tp)] = off
         return dict(sorted(out.items()))
+
+    def committed_offsets(self, keys: Iterable[str], timeout_ms: int = 10000) -> dict[str, tuple[int, str]]:
+        """``{key: (offset, metadata)}`` committed by the group for any partitions (absent where none).
+
+        One request for all keys; works before :meth:`subscribe` and for partitions owned elsewhere.
+        """
+        tps = [parse_key(k) for k in keys]
+        if not tps:
+            return {}
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        fetch = getattr(coordinator, "fetch_committed_offsets", None)
+        if fetch is not None:
+            found = fetch(tps, timeout_ms=timeout_ms)
+        else:  # pragma: no cover - other kafka-python versions
+            found = {tp: self.consumer.committed(tp, metadata=True) for tp in tps}
+        out = {}
+        for tp, om in (found or {}).items():
+            if om is not None and om.offset is not None and om.offset >= 0:
+                out[partition_key(tp)] = (int(om.offset), om.metadata or "")
+        return dict(sorted(out.items()))
+
+    def end_offsets(self, keys: Iterable[str], timeout_ms: int = 5000) -> dict[str, int]:
+        """The end (next offset to be written) of each partition in ``keys``."""
+        tps = [parse_key(k) for k in keys]
+        if not tps:
+            return {}
+        ends = self.consumer.end_offsets(tps, timeout_ms=timeout_ms)
+        return {partition_key(tp): int(off) for tp, off in ends.items() if off is not None}
+
+    def caught_up(self, key: str) -> bool:
+        """Whether this consumer has returned everything up to the partition's last known end.
+
+        Uses the fetch position (which steps over transaction markers) against the high watermark
+        of the latest fetch response; False while either is unknown.
+        """
+        tp = parse_key(key)
+        consumer = self.consumer
+        if tp not in consumer.assignment():
+            return False
+        high = consumer.highwater(tp)
+        if high is None:
+            return False
+        try:
+            position = consumer.position(tp, timeout_ms=1000)
+        except (kafka_errors.KafkaError, *UNAVAILABLE_ERRORS):
+            return False
+        return position is not None and position >= high
+
+    def seek_to_default(self, keys: Iterable[str]) -> list[str]:
+        """Send the owned partitions among ``keys`` to ``auto_offset_reset`` (earliest or latest)."""
+        assigned = self.consumer.assignment()
+        tps = [tp for tp in map(parse_key, keys) if tp in assigned]
+        if tps:
+            if self.auto_offset_reset == "earliest":
+                self.consumer.seek_to_beginning(*tps)
+            else:
+                self.consumer.seek_to_end(*tps)
+            for tp in tps:
+                self._positions.pop(tp, None)
+        return sorted(partition_key(tp) for tp in tps)
 
     def lag(self, timeout_ms: int = 5000) -> dict[str, int]:
         """Records behind the end of each assigned partition (``end offset - position``), for the lag gauge."""
@@ -497,7 +573,20 @@ class KafkaSource:
 
     # ------------------------------------------------------------------ rebalance
 
+    def _nudge_rejoin(self) -> None:
+        # kafka-python 3.0 race: when a rebalance was triggered by a metadata change and the poll that
+        # ran the revocation timed out while JoinGroup/SyncGroup were in flight, the leader's assignment
+        # clears the trigger, no later poll awaits the finished join, and the consumer stays without
+        # partitions for good. Until the assignment arrives, every poll asks to rejoin: a join still in
+        # flight is awaited again (no new JoinGroup); a finished, unapplied one is redone.
+        # Only under the eager protocol (the default), where every join ends in an assignment callback.
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        protocol = getattr(coordinator, "_rebalance_protocol", None)
+        if getattr(protocol, "name", None) == "EAGER" and hasattr(coordinator, "request_rejoin"):
+            coordinator.request_rejoin()
+
     def _assigned(self, tps: Iterable[TopicPartition]) -> None:
+        self._awaiting_assignment = False
         tps = list(tps)
         self._owned.update(tps)
         # A partition handed straight back after a clean revocation (the eager protocol revokes
@@ -517,6 +606,7 @@ class KafkaSource:
         # Only owned partitions: the eager protocol revokes an empty set on first join, and close()
         # has already revoked everything when kafka-python signals the revocation of a closing consumer.
         tps = [tp for tp in tps if tp in self._owned]
+        self._awaiting_assignment = self._consumer is not None
         callback = (self.on_lost or self.on_revoke) if lost else self.on_revoke
         try:
             if tps and callback is not None:

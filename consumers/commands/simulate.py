@@ -8,6 +8,11 @@ Example::
 
     streamlearn simulate --events 100000 --seed 7 --invalid-fraction 0.005 --out examples/stream.jsonl.gz
 
+With ``--to-kafka`` the JSON lines go to a Kafka topic instead of a file (``--topic``, ``--bootstrap``,
+``--rate``, ``--partitions``, ``--key-field``, ``--now`` as for ``streamlearn produce``)::
+
+    streamlearn simulate --events 100000 --to-kafka --topic events --bootstrap 127.0.0.1:9092 --rate 10000
+
 Without ``--drift`` the default schedule (:func:`pipeline.simulate.default_drifts`) is scaled to
 ``--events``; ``--drift none`` gives a stationary stream. The command also runs on its own as
 ``python -m consumers.commands.simulate ...``.
@@ -25,6 +30,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from consumers.commands.produce import add_kafka_target_arguments, open_writer, send_all
 from pipeline.errors import ConfigError
 from pipeline.simulate import SIM_SCHEMA, TRUTH_FIELDS, SimConfig, Simulator, default_drifts, parse_drift
 
@@ -129,7 +135,7 @@ def register(subparsers) -> None:
         description="Write a seeded synthetic interaction stream (JSONL, JSONL.gz or Parquet by --out suffix).",
     )
     p.add_argument("--events", type=int, default=100_000, help="valid events to write (default 100000)")
-    p.add_argument("--out", required=True, help="output file: .jsonl, .jsonl.gz or .parquet")
+    p.add_argument("--out", help="output file: .jsonl, .jsonl.gz or .parquet (unless --to-kafka)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--users", type=int, default=d.n_users, help=f"number of users (default {d.n_users})")
     p.add_argument(
@@ -147,6 +153,8 @@ def register(subparsers) -> None:
     p.add_argument("--invalid-fraction", type=float, default=0.0, help="share of injected invalid records")
     p.add_argument("--late-fraction", type=float, default=0.0, help="share of out-of-order (late) events")
     p.add_argument("--truth", action="store_true", help="add ground-truth columns p_click and p_best")
+    p.add_argument("--to-kafka", action="store_true", help="send the JSON lines to --topic instead of a file")
+    add_kafka_target_arguments(p, topic_required=False)
     p.set_defaults(func=run)
 
 
@@ -184,11 +192,21 @@ def _check_args(args: argparse.Namespace) -> str | None:
             0.0 <= args.late_fraction <= 1.0,
             f"argument --late-fraction: must be in [0, 1], got {args.late_fraction}",
         ),
-        (
-            _format_of(Path(args.out)) is not None,
-            f"argument --out: must end in .jsonl, .jsonl.gz or .parquet, got {args.out!r}",
-        ),
     ]
+    if getattr(args, "to_kafka", False):
+        checks += [
+            (args.topic is not None, "argument --topic: required with --to-kafka"),
+            (args.out is None, "argument --out: not allowed with --to-kafka"),
+            (args.rate is None or args.rate > 0, f"argument --rate: must be > 0, got {args.rate}"),
+        ]
+    else:
+        checks += [
+            (args.out is not None, "argument --out: required (or --to-kafka)"),
+            (
+                args.out is None or _format_of(Path(args.out)) is not None,
+                f"argument --out: must end in .jsonl, .jsonl.gz or .parquet, got {args.out!r}",
+            ),
+        ]
     return next((msg for ok, msg in checks if not ok), None)
 
 
@@ -213,11 +231,26 @@ def run(args: argparse.Namespace) -> int:
     beyond = [d.spec() for d in drifts if d.at_event >= args.events]
     if beyond:
         return _usage_error(f"argument --drift: {', '.join(beyond)} is at or beyond --events {args.events}")
-    summary = write_stream(Simulator(config), args.out, args.events, args.invalid_fraction, args.truth)
     schedule = "; ".join(d.spec() for d in config.drifts) or "none"
+    if getattr(args, "to_kafka", False):
+        return _to_kafka(args, Simulator(config), schedule)
+    summary = write_stream(Simulator(config), args.out, args.events, args.invalid_fraction, args.truth)
     print(
         f"simulate: wrote {summary.records:,} records ({summary.events:,} events + {summary.invalid:,} invalid) "
         f"to {summary.path} in {summary.seconds:.1f} s; seed {args.seed}; drifts: {schedule}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _to_kafka(args: argparse.Namespace, sim: Simulator, schedule: str) -> int:
+    start = time.perf_counter()
+    chunks = (chunk.lines for chunk in sim.json_chunks(args.events, args.invalid_fraction, args.truth))
+    with open_writer(args) as writer:
+        sent = send_all(writer, chunks, args.key_field, args.now)
+    print(
+        f"simulate: sent {sent:,} records ({args.events:,} events + {sent - args.events:,} invalid) to "
+        f"{args.topic} in {time.perf_counter() - start:.1f} s; seed {args.seed}; drifts: {schedule}",
         file=sys.stderr,
     )
     return 0

@@ -192,6 +192,8 @@ def _server_properties(data: Path, port: int, controller_port: int) -> str:
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
+        # tests kill consumers with SIGKILL: let their sessions expire in seconds
+        "group.min.session.timeout.ms": "1000",
         "log.segment.bytes": str(1 << 20),
         "log.retention.check.interval.ms": "60000",
         "log.cleaner.dedupe.buffer.size": str(1 << 21),
@@ -335,7 +337,9 @@ class KafkaBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "log4j2.properties").write_text(_LOG4J2.format(log=self.log_path))
         self.config_path.write_text(_server_properties(self.data_dir, self.port, self.controller_port))
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # the tool's argument parser takes a leading '-' for an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         cmd = self._java_cmd(
             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_path), heap="256m"
         )

@@ -1,0 +1,251 @@
+"""``streamlearn produce``: send event files to a Kafka topic, optionally at a fixed rate.
+
+Example::
+
+    streamlearn produce examples/stream.jsonl.gz --topic events --bootstrap 127.0.0.1:9092 --rate 10000
+
+JSONL lines are sent as they are (invalid ones too: the worker dead-letters them); Parquet and CSV
+rows are serialised to one JSON object each (null fields left out). ``--key-field`` keys each
+record by one of its fields (records of one user stay in one partition); without it kafka-python
+spreads them. ``--partitions N`` creates a missing topic with N partitions. ``--now`` replaces each
+event's ``ts`` with the time it is sent, for freshness measurements. :class:`KafkaWriter` is what
+``streamlearn simulate --to-kafka`` uses too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+import orjson
+import pyarrow as pa
+
+from consumers.commands.common import positive_int
+from pipeline.errors import ConfigError, StreamlearnError
+
+__all__ = ["KafkaProduceError", "KafkaWriter", "ensure_topic", "register", "rows_to_json", "run"]
+
+
+class KafkaProduceError(StreamlearnError):
+    """Records could not be delivered to the topic."""
+
+
+def rows_to_json(batch: pa.RecordBatch) -> list[bytes]:
+    """One JSON object per row; null fields are left out and map columns become objects.
+
+    >>> rows_to_json(pa.record_batch({"event_id": ["a", "b"], "label": [1, None]}))
+    [b'{"event_id":"a","label":1}', b'{"event_id":"b"}']
+    """
+    out = []
+    for row in batch.to_pylist():
+        clean = {}
+        for k, v in row.items():
+            if v is None:
+                continue
+            if isinstance(v, list) and v and all(isinstance(x, tuple) and len(x) == 2 for x in v):
+                v = {str(a): b for a, b in v if b is not None}
+            elif isinstance(v, dict):
+                v = {a: b for a, b in v.items() if b is not None}
+            clean[k] = v
+        out.append(orjson.dumps(clean))
+    return out
+
+
+def ensure_topic(bootstrap: str, topic: str, partitions: int, client: dict | None = None) -> bool:
+    """Create ``topic`` with ``partitions`` partitions unless it exists; True if it was created."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import TopicAlreadyExistsError
+
+    from consumers.kafka_dead_letter import ADMIN_KEYS
+
+    security = {k: v for k, v in (client or {}).items() if k in ADMIN_KEYS}
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **security)
+    try:
+        if topic in set(admin.list_topics()):
+            return False
+        admin.create_topics(
+            {topic: {"num_partitions": partitions, "replication_factor": 1}}, timeout_ms=10000
+        )
+        if hasattr(admin, "wait_for_topics"):
+            admin.wait_for_topics([topic], timeout_ms=10000)
+        return True
+    except TopicAlreadyExistsError:
+        return False
+    finally:
+        admin.close()
+
+
+class KafkaWriter:
+    """Sends record values to one topic, at most ``rate`` per second, acknowledged by the broker.
+
+    Parameters
+    ----------
+    bootstrap, topic
+        Where to send.
+    rate
+        Records per second (None: as fast as possible).
+    client
+        Extra kafka-python ``KafkaProducer`` settings (security, ``acks``, …).
+    """
+
+    def __init__(self, bootstrap: str, topic: str, rate: float | None = None, client: dict | None = None):
+        from kafka import KafkaProducer
+
+        if rate is not None and rate <= 0:
+            raise ConfigError(f"rate must be > 0 events/s, got {rate}")
+        settings = {"acks": "all", "linger_ms": 5, "batch_size": 256 * 1024, **(client or {})}
+        self.topic, self.rate = topic, rate
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, **settings)
+        self.sent = 0
+        self.failures = 0
+        self.last_error: BaseException | None = None
+        self._started = time.monotonic()
+
+    def send(
+        self, values: Sequence[bytes], keys: Sequence[bytes | None] | None = None, now: bool = False
+    ) -> None:
+        """Send ``values`` (with ``keys``), pacing to ``rate``; ``now`` restamps each event's ``ts``."""
+        step = len(values) if self.rate is None else max(1, int(self.rate / 200))
+        for lo in range(0, len(values), step):
+            self._pace()
+            chunk = values[lo : lo + step]
+            if now:
+                chunk = _restamp(chunk)
+            for i, value in enumerate(chunk):
+                key = keys[lo + i] if keys is not None else None
+                self.producer.send(self.topic, value=value, key=key).add_errback(self._failed)
+            self.sent += len(chunk)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.last_error = exc
+
+    def _pace(self) -> None:
+        if self.rate is None:
+            return
+        ahead = self.sent / self.rate - (time.monotonic() - self._started)
+        if ahead > 0:
+            time.sleep(ahead)
+
+    def close(self) -> None:
+        """Wait for every acknowledgement, then close; raises when records could not be delivered."""
+        self.producer.flush()
+        self.producer.close()
+        if self.failures:
+            raise KafkaProduceError(
+                f"{self.failures} of {self.sent} records were not delivered to {self.topic}: {self.last_error!r}"
+            )
+
+    def __enter__(self) -> KafkaWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _restamp(values: Sequence[bytes]) -> list[bytes]:
+    ts = int(time.time() * 1000)
+    out = []
+    for v in values:
+        try:
+            obj = orjson.loads(v)
+        except orjson.JSONDecodeError:
+            out.append(v)  # invalid records stay invalid
+            continue
+        if isinstance(obj, dict):
+            obj["ts"] = ts
+            v = orjson.dumps(obj)
+        out.append(v)
+    return out
+
+
+def _keys(values: Sequence[bytes], field: str) -> list[bytes | None]:
+    keys = []
+    for v in values:
+        try:
+            obj = orjson.loads(v)
+        except orjson.JSONDecodeError:
+            keys.append(None)
+            continue
+        found = obj.get(field) if isinstance(obj, dict) else None
+        keys.append(None if found is None else str(found).encode())
+    return keys
+
+
+def file_values(paths: Sequence[str], batch_size: int = 5000) -> Iterator[list[bytes]]:
+    """The records of event files as JSON bytes, in file order, ``batch_size`` at a time."""
+    from consumers.file_source import FileSource
+
+    for raw in FileSource(paths, batch_size):
+        yield list(raw.values) if raw.values is not None else rows_to_json(raw.arrow)
+
+
+def send_all(writer: KafkaWriter, chunks: Iterable[list[bytes]], key_field: str | None, now: bool) -> int:
+    for values in chunks:
+        writer.send(values, _keys(values, key_field) if key_field else None, now=now)
+    return writer.sent
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_kafka_target_arguments(p: argparse.ArgumentParser, topic_required: bool = True) -> None:
+    """The arguments shared by ``produce`` and ``simulate --to-kafka``."""
+    p.add_argument("--topic", required=topic_required, help="topic to send to")
+    p.add_argument(
+        "--bootstrap", metavar="HOST:PORT", help="bootstrap servers (default: config kafka.bootstrap_servers)"
+    )
+    p.add_argument(
+        "--rate", type=float, metavar="EVENTS_PER_S", help="send at most this many records per second"
+    )
+    p.add_argument(
+        "--partitions", type=int, metavar="N", help="create the topic with N partitions if it is missing"
+    )
+    p.add_argument("--key-field", metavar="FIELD", help="key each record by this event field (e.g. user_id)")
+    p.add_argument("--now", action="store_true", help="replace each event's ts with the time it is sent")
+    p.add_argument(
+        "--config", metavar="FILE", help="TOML configuration (kafka.bootstrap_servers, kafka.client)"
+    )
+
+
+def open_writer(args: argparse.Namespace) -> KafkaWriter:
+    """A :class:`KafkaWriter` for the target arguments, creating the topic when asked."""
+    from consumers.worker.settings import producer_settings
+    from pipeline.config import load_config
+
+    config = load_config(args.config)
+    bootstrap = args.bootstrap or config.kafka.bootstrap_servers
+    client = producer_settings(config.kafka.client)
+    if args.partitions is not None:
+        if args.partitions < 1:
+            raise ConfigError(f"argument --partitions: must be >= 1, got {args.partitions}")
+        ensure_topic(bootstrap, args.topic, args.partitions, client)
+    return KafkaWriter(bootstrap, args.topic, args.rate, client)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "produce",
+        help="send event files (JSONL, Parquet, CSV) to a Kafka topic",
+        description="Send the records of event files to a Kafka topic, in file order, optionally paced.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, directories or glob patterns")
+    add_kafka_target_arguments(p)
+    p.add_argument(
+        "--batch-size", type=positive_int, default=5000, metavar="N", help="records read at a time"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    with open_writer(args) as writer:
+        sent = send_all(writer, file_values(args.paths, max(1, args.batch_size)), args.key_field, args.now)
+    seconds = time.monotonic() - started
+    print(
+        f"produce: sent {sent:,} records to {args.topic} in {seconds:.1f} s ({sent / max(seconds, 1e-9):,.0f}/s)",
+        file=sys.stderr,
+    )
+    return 0
