@@ -39,6 +39,12 @@ def scraped(prometheus_server: PrometheusServer, tmp_path_factory):  # noqa: F81
     try:
         prometheus_server.set_targets([target.address])
         prometheus_server.wait_for(
+            lambda: bool(prometheus_server.query("streamlearn_build_info")),
+            60,
+            "the first scrape of the target",
+        )
+        target.begin.set()
+        prometheus_server.wait_for(
             lambda: target.done.is_set() or target.runner.counters["applied"] >= EVENTS_BEFORE_QUERYING,
             60,
             f"the target to apply {EVENTS_BEFORE_QUERYING:,} events",

@@ -116,6 +116,9 @@ class ReplayTarget:
         )
         self.server = OpsServer(self.metrics, port=0)
         self._stop = threading.Event()
+        #: set by the test once Prometheus has scraped the target: a counter that first appears
+        #: already incremented shows no increase() to Prometheus, so nothing may happen before
+        self.begin = threading.Event()
         self.done = threading.Event()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="replay-target", daemon=True)
@@ -131,6 +134,7 @@ class ReplayTarget:
 
     def _run(self) -> None:
         try:
+            self.begin.wait(120)
             started = time.monotonic()
             read = 0
             for i, batch in enumerate(
