@@ -118,7 +118,7 @@ def bare_loop(bootstrap: str, topic: str, n: int, config, label: str = "") -> di
     finally:
         consumer.close(autocommit=False)
     return {
-        "case": "bare kafka-python consumer loop (counts records)",
+        "case": f"bare kafka-python consumer loop (counts records){label}",
         "events": count,
         "seconds": seconds,
         "events_per_s": count / seconds,

@@ -7,6 +7,7 @@ its final snapshot (bundle ``_worker``), i.e. from exactly what a restart would 
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -374,14 +375,24 @@ def test_worker_warm_started_from_a_replay_keeps_its_snapshot_and_learns_on(
     history.write_bytes(b"\n".join(make_events(3000, prefix="hist")) + b"\n")
     state_dir = tmp_path / "state"
     config = worker_config(tmp_path / "w.toml", kafka_broker.bootstrap, ["unused"], "unused", state_dir)
-    cli("replay", str(history), "--config", str(config), "--state-dir", str(state_dir), "--no-progress")
+    cli(
+        "replay",
+        str(history),
+        "--config",
+        str(config),
+        "--state-dir",
+        str(state_dir),
+        "--dead-letter",
+        str(tmp_path / "dead.jsonl"),
+        "--no-progress",
+    )
     topic = topic_factory(partitions=1)
     send(producer, topic, make_events(2000, prefix="live"), 1)
     config = worker_config(tmp_path / "w.toml", kafka_broker.bootstrap, [topic], "g-warm", state_dir)
 
     worker = workers.start("worker", config, "--idle-exit", "2")
     assert worker.wait(90) == 0, worker.log_tail()
-    assert "resumed from snapshot 1 (3,000 events applied)" in worker.log.read_text()
+    assert re.search(r"resumed from snapshot \d+ \(3,000 events applied\)", worker.log.read_text())
     manifest = final_manifest(state_dir)
     assert manifest["counters"]["applied"] == 5000 and manifest["positions"][f"{topic}:0"] == 2000
     assert partition_counts(manifest) == {

@@ -300,3 +300,25 @@ def test_simulate_kafka_arguments_usage_errors_name_the_argument(argv, message, 
     args = parser.parse_args(["simulate", "--events", "10", *argv])
     assert simulate_cmd.run(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_security_settings_reach_consumer_and_dead_letter_producer(tmp_path):
+    from consumers.worker.options import WorkerOptions as Options
+    from consumers.worker.wiring import make_dead_letter_sink, make_source
+
+    security = {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "svc",
+        "sasl_plain_password": "secret",
+        "ssl_cafile": "/etc/ca.pem",
+    }
+    config = load_config(
+        overrides={"kafka": {"client": {**security, "session_timeout_ms": 9000, "linger_ms": 2}}}, environ={}
+    )
+    source = make_source(config, print, print, print)
+    sink = make_dead_letter_sink(config, Options())
+    assert {k: source.client_kwargs[k] for k in security} == security
+    assert {k: sink.client_kwargs[k] for k in security} == security
+    assert source.client_kwargs["session_timeout_ms"] == 9000 and "linger_ms" not in source.client_kwargs
+    assert sink.client_kwargs["linger_ms"] == 2 and "session_timeout_ms" not in sink.client_kwargs

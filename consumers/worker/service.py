@@ -94,6 +94,7 @@ class Worker:
         self._done = threading.Event()
         self._stop_reason: str | None = None
         self._stopping = False
+        self._final_checkpoint_done = False
         self._ready = (False, "starting")
         self.intake = Intake(config.source.batch_size, config.source.max_wait_ms)
         self._unpositioned: set[str] = set()
@@ -153,6 +154,11 @@ class Worker:
             if self._connect():
                 self._loop()
             code = self._shutdown(started)
+        except BaseException:
+            # after a failure midway through a batch the state is not consistent: the newest
+            # snapshot stays the truth, and leaving the group must not write another one
+            self._final_checkpoint_done = True
+            raise
         finally:
             self._close()
             self._done.set()
@@ -287,7 +293,9 @@ class Worker:
             self._rebalances += 1
             self._last_activity = time.monotonic()
             self._drop(keys)
-            if not self.commits.checkpoint() and not self._stopping:
+            if self._final_checkpoint_done:
+                pass  # leaving the group at shutdown: the final snapshot is already written (and committed)
+            elif not self.commits.checkpoint() and not self._stopping:
                 self._rollback(f"partitions {keys} revoked before their snapshot was committed", keys)
             self.commits.forget(keys)
 
@@ -353,6 +361,7 @@ class Worker:
         with self._lock:
             while not (ok := self.commits.checkpoint()) and time.monotonic() < deadline:
                 time.sleep(min(backoff.next_delay(), max(0.0, deadline - time.monotonic())))
+            self._final_checkpoint_done = True
         if not ok:
             print(
                 f"final snapshot not committed ({self.commits.commit_error or 'snapshot failed'}): "
