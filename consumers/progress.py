@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 __all__ = ["Progress", "format_summary"]
@@ -35,8 +36,16 @@ class Progress:
         self._last_records = 0
 
     def update(
-        self, records: int, applied: int, dead: int, where: str = "", extra: str = "", force: bool = False
+        self,
+        records: int,
+        applied: int,
+        dead: int,
+        where: str = "",
+        extra: str | Callable[[], str] = "",
+        force: bool = False,
     ) -> None:
+        """Print the line if it is due; ``extra`` may be a callable, evaluated only when printing
+        (windowed AUC costs a sort, not worth paying on every micro-batch)."""
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -47,6 +56,8 @@ class Progress:
         line = f"{_fmt_int(records)} records | {_fmt_int(applied)} applied | {_fmt_int(dead)} dead | {_fmt_int(rate)} ev/s"
         if where:
             line += f" | {where}"
+        if callable(extra):
+            extra = extra()
         if extra:
             line += f" | {extra}"
         if self.tty:

@@ -161,6 +161,7 @@ class StreamMetrics:
             "streamlearn_build_info", "Version of the running code.", ["version"], registry=r
         )
         self.build_info.labels(version=version or _version()).set(1)
+        self._named = self._by_name()
 
     # ------------------------------------------------------------------------------ observer
     def on_batch(self, runner: Any, result: Any) -> None:
@@ -220,7 +221,7 @@ class StreamMetrics:
 
     def set_named(self, metric: str, labels: dict[str, str], value: float) -> None:
         """Set a gauge (or advance a counter to ``value``) by its metric name; unknown names are an error."""
-        target = self._by_name().get(metric)
+        target = self._named.get(metric)
         if target is None:
             raise KeyError(f"unknown metric {metric!r}; defined: {', '.join(sorted(METRIC_NAMES))}")
         child = target.labels(**labels) if labels else target

@@ -128,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
                 metrics.record_snapshots(checkpointer)
             c = runner.counters
             where = f"{os.path.basename(source.current_file or '')} #{result.positions.get(source.current_file, 0):,}"
-            progress.update(c["records"], c["applied"], c["dead_letters"], where, _progress_extra(runner))
+            progress.update(
+                c["records"], c["applied"], c["dead_letters"], where, lambda: _progress_extra(runner)
+            )
             if stop["signal"] is not None or (args.limit is not None and read >= args.limit):
                 break
         clean = True
