@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.drift.settings import DriftSettings
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, require
 from pipeline.events import DEFAULT_EVENT_TYPES
 
 __all__ = ["Config", "LearnerSpec", "config_hash", "load_config"]
@@ -172,9 +172,7 @@ class Config:
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"invalid value {value!r} for '{key}': expected {allowed}")
+_check = require
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:

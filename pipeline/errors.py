@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "SnapshotError", "StreamlearnError"]
+from typing import Any
+
+__all__ = ["ConfigError", "SnapshotError", "StreamlearnError", "require"]
 
 
 class StreamlearnError(Exception):
@@ -15,3 +17,9 @@ class ConfigError(StreamlearnError, ValueError):
 
 class SnapshotError(StreamlearnError):
     """A snapshot cannot be written, read or verified; the message names the file."""
+
+
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise the one configuration-error message every setting uses: the key, the value, what is allowed."""
+    if not ok:
+        raise ConfigError(f"invalid value {value!r} for '{key}': expected {allowed}")

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.errors import require
 
 __all__ = [
     "CATEGORICAL_METHODS",
@@ -52,8 +52,7 @@ DEFAULT_CHUNK = {"adwin": 1, "page_hinkley": 25, "kswin": 100}
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"invalid value {value!r} for 'drift.{key}': expected {allowed}")
+    require(ok, f"drift.{key}", value, allowed)
 
 
 @dataclass(frozen=True)
