@@ -3,13 +3,16 @@
 Two simulator streams (``SimConfig`` defaults, a user x category cross in the features), each with two
 abrupt drifts at 1/3 and 2/3 of it: ``abrupt`` (every user's preference vector replaced: user x item
 errors) and ``popularity`` (the items' popularity offsets permuted: item-level errors shared by all
-users). Two memories: the learner's defaults (hashed-feature or representation key, decay 0.98) and
-``ITEM_MEMORY`` (a key dominated by the item id, decay 0.8). For every base (``ftrl``, ``neural``, optionally
+users). Three memories: the learner's defaults (hashed-feature or representation key, decay 0.98),
+``ITEM_MEMORY`` (a key dominated by the item id, decay 0.8) and ``USER_CATEGORY_MEMORY`` (a key
+dominated by the user x category cross, decay 0.9, 2**14 buckets per table); all gate their errors
+at one standard error (``confidence = 1``). For every base (``ftrl``, ``neural``, optionally
 ``river:linear_model.LogisticRegression``) and seed:
 
-1. **Prequential** (predict, score, learn per micro-batch): one run of ``error_memory(<base>)``
-   gives both arms, because the wrapper trains its base on the base's own predictions — its ``y_base``
-   *is* the base alone (``tests/test_error_memory.py`` checks this bit for bit). Windowed AUC and
+1. **Prequential** (predict, score, learn per micro-batch): one pass of the base serves every
+   memory (``ErrorMemoryLearner.serve_base``); the wrapper trains its base on the base's own
+   predictions, so this equals separate ``error_memory(<base>)`` runs (``tests/test_error_memory.py``
+   checks that the wrapped base is the base alone, bit for bit). Windowed AUC and
    logloss (trailing ``--window`` events, every ``--step``), and per drift the *recovery time*:
    events from the drift until a fully post-drift window's AUC is within 1 point of the pre-drift
    level (mean of the windows ending in the n/12 events before the drift) at two consecutive
@@ -20,7 +23,7 @@ users). Two memories: the learner's defaults (hashed-feature or representation k
    Two schedules for the base: ``online`` (it learns every batch, the pipeline's default) and
    ``periodic`` (it learns the last slot's batches once per slot, n/12 events — ReLoop2's slowly
    updated model), while the memory always learns every batch.
-2. **The paper's protocol** (abrupt stream, default memory): chronological slots; slot 0 trains the base; slot t is scored by the
+2. **The paper's protocol** (abrupt stream, the default and the user x category memories): chronological slots; slot 0 trains the base; slot t is scored by the
    base as it stands (``fixed``: trained on slot 0 only; ``incremental``: one more pass over every
    earlier slot) and by base + a memory written from slots 1..t-1 with the predictions served then.
 3. **Cost**: steady-state µs per event of the base alone and of both wrappers (predict + learn over
@@ -57,14 +60,27 @@ from pipeline.learners.registry import build_learner, known_kinds
 from pipeline.simulate import Drift, Simulator
 
 #: memory configuration under test (the learner's defaults, spelled out)
-MEMORY = {"bits": 10, "tables": 8, "tau": 1.0, "lam": 0.5, "gamma": 0.0, "decay": 0.98, "key_dim": 16}
-#: the same memory keyed mostly by the item id and forgetting fast (half-life ~3 batches): chosen on
-#: seeds 10-12 (popularity stream, ftrl, online) among item_weight 2-20 and decay 0.7-0.95 - never on
-#: the seeds reported here
-ITEM_MEMORY = {**MEMORY, "item_weight": 8.0, "decay": 0.8}
-CONFIGS = {"features": MEMORY, "item": ITEM_MEMORY}
-LABELS = {"features": "", "item": ", item key"}
+MEMORY = {
+    "bits": 10,
+    "tables": 8,
+    "tau": 1.0,
+    "lam": 0.5,
+    "gamma": 0.0,
+    "decay": 0.98,
+    "key_dim": 16,
+    "confidence": 1.0,
+}
+#: keys dominated by one field, forgetting fast: the item (popularity shifts) or the user x category
+#: cross (taste shifts). Chosen on seeds 10-12 (ftrl) and 10-11 (neural) among weights 2-20, decay
+#: 0.7-0.98 and confidence 0-2 - never on the seeds reported here
+ITEM_MEMORY = {**MEMORY, "key_fields": {"item_id": 8.0}, "decay": 0.8}
+USER_CATEGORY_MEMORY = {**MEMORY, "key_fields": {"user_id:category": 8.0}, "decay": 0.9, "bits": 14}
+CONFIGS = {"features": MEMORY, "item": ITEM_MEMORY, "user_category": USER_CATEGORY_MEMORY}
+LABELS = {"features": "", "item": ", item key", "user_category": ", user×category key"}
+COLORS = {"features": "tab:blue", "item": "tab:orange", "user_category": "tab:green"}
 KINDS = ("abrupt", "popularity")
+#: memories of the slot protocol (on the abrupt stream)
+SLOT_CONFIGS = {"features": MEMORY, "user_category": USER_CATEGORY_MEMORY}
 BASES = {
     "ftrl": {},
     "neural": {"dim": 16, "hidden": [64, 32], "user_rows": 4096, "item_rows": 1024, "feature_rows": 512},
@@ -85,30 +101,32 @@ def wrapper(base: str, seed: int, memory: dict | None = None) -> ErrorMemoryLear
 
 
 # ------------------------------------------------------------------------------ prequential
-def prequential(
-    base: str, batches: list, seed: int, period: int = 0, memory: dict | None = None
-) -> dict[str, np.ndarray]:
-    """Online: the base learns every batch. ``period > 0``: it learns the last ``period`` batches at
-    once every ``period`` batches (a slowly updated model), while the memory still learns every batch."""
-    model = wrapper(base, seed, memory)
-    learner = model.base_learner
-    out: dict[str, list] = {"base": [], "memory": [], "label": []}
+def prequential(base: str, batches: list, seed: int, period: int = 0) -> dict[str, np.ndarray]:
+    """One base and every memory of ``CONFIGS`` over it (each serves from the base's predictions).
+
+    Online: the base learns every batch. ``period > 0``: it learns the last ``period`` batches at
+    once every ``period`` batches (a slowly updated model), while the memories learn every batch.
+    """
+    learner = build_learner(base, params=dict(BASES[base]))
+    memories = {tag: wrapper(base, seed, cfg) for tag, cfg in CONFIGS.items()}
+    both = getattr(learner, "predict_with_representation", None)
+    out: dict[str, list] = {"base": [], "label": [], **{tag: [] for tag in memories}}
     pending = []
     for fb in batches:
-        if period:
-            served = model.serve(fb)
-            y_base, y = served.y_base, served.y
+        y_base, rep = both(fb) if callable(both) else (learner.predict(fb), None)
+        for tag, model in memories.items():
+            served = model.serve_base(fb, y_base, rep)
             model.remember(fb, served)
+            out[tag].append(served.y)
+        if period:
             pending.append(fb)
             if len(pending) == period:
                 for old in pending:
                     learner.learn(old, learner.predict(old))
                 pending = []
         else:
-            y_base, y = model.predict_with_base(fb)
-            model.learn(fb, y)
+            learner.learn(fb, y_base)
         out["base"].append(y_base)
-        out["memory"].append(y)
         out["label"].append(fb.labels)
     return {k: np.concatenate(v) for k, v in out.items()}
 
@@ -145,7 +163,7 @@ def stationary(ends: np.ndarray, drifts: tuple[int, ...], window: int, n: int) -
 
 
 def score_prequential(run: dict, drifts: tuple[int, ...], window: int, step: int) -> dict:
-    curves = {arm: windowed(run["label"], run[arm], window, step) for arm in ("base", "memory")}
+    curves = {arm: windowed(run["label"], run[arm], window, step) for arm in ("base", *CONFIGS)}
     n = len(run["label"])
     bounds = [*drifts[1:], n]
     out: dict = {"curves": curves}
@@ -173,28 +191,31 @@ def slot_protocol(base: str, batches: list, seed: int, slots: int) -> dict[str, 
     parts = [batches[i * per_slot : (i + 1) * per_slot] for i in range(slots)]
     out: dict[str, list[dict]] = {}
     for mode in ("fixed", "incremental"):
-        model = wrapper(base, seed)
-        learner = model.base_learner
+        learner = build_learner(base, params=dict(BASES[base]))
+        memories = {tag: wrapper(base, seed, cfg) for tag, cfg in SLOT_CONFIGS.items()}
+        both = getattr(learner, "predict_with_representation", None)
         for fb in parts[0]:
             learner.learn(fb, learner.predict(fb))
         rows = []
         for t in range(1, slots):
-            served = [model.serve(fb) for fb in parts[t]]  # the memory is read-only within a slot
+            # the base and the memories are read-only within a slot
+            scored = [both(fb) if callable(both) else (learner.predict(fb), None) for fb in parts[t]]
             labels = np.concatenate([fb.labels for fb in parts[t]])
-            y_base = np.concatenate([s.y_base for s in served])
-            y_mem = np.concatenate([s.y for s in served])
-            rows.append(
-                {
-                    "slot": t,
-                    "base_auc": auc(labels, y_base),
-                    "memory_auc": auc(labels, y_mem),
-                    "base_logloss": logloss(labels, y_base),
-                    "memory_logloss": logloss(labels, y_mem),
-                }
-            )
-            for fb, s in zip(parts[t], served):
-                model.remember(fb, s)
-                if mode == "incremental":
+            y_base = np.concatenate([y for y, _ in scored])
+            row = {"slot": t, "base_auc": auc(labels, y_base), "base_logloss": logloss(labels, y_base)}
+            served = {
+                tag: [m.serve_base(fb, y, rep) for fb, (y, rep) in zip(parts[t], scored)]
+                for tag, m in memories.items()
+            }
+            for tag, sv in served.items():
+                y_mem = np.concatenate([x.y for x in sv])
+                row[f"{tag}_auc"], row[f"{tag}_logloss"] = auc(labels, y_mem), logloss(labels, y_mem)
+            rows.append(row)
+            for tag, m in memories.items():
+                for fb, x in zip(parts[t], served[tag]):
+                    m.remember(fb, x)
+            if mode == "incremental":
+                for fb in parts[t]:
                     learner.learn(fb, learner.predict(fb))
         out[mode] = rows
     return out
@@ -240,22 +261,29 @@ def plot(curves: dict, slots: dict, drifts: tuple[int, ...], path: Path) -> None
     for j, base in enumerate(bases):
         for i, (kind, mode) in enumerate(panels):
             ax, runs = axes[i, j], curves[base][kind][mode]
-            c = runs["features"]["base"]
+            c = runs["base"]
             ax.plot(c["ends"] / 1000, c["auc"], "--", color="black", label=base)
-            for tag, color in (("features", "tab:blue"), ("item", "tab:orange")):
-                c = runs[tag]["memory"]
-                ax.plot(c["ends"] / 1000, c["auc"], "-", color=color, label=f"+ memory{LABELS[tag]}")
+            for tag in CONFIGS:
+                c = runs[tag]
+                ax.plot(c["ends"] / 1000, c["auc"], "-", color=COLORS[tag], label=f"+ memory{LABELS[tag]}")
             for d in drifts:
                 ax.axvline(d / 1000, color="grey", lw=0.8)
             what = "learns every batch" if mode == "online" else "learns once per slot"
             ax.set(title=f"{base} ({what}), {kind} drifts", xlabel="events (k)", ylabel="windowed AUC")
             ax.legend(fontsize=8)
         ax = axes[-1, j]
-        for mode, color in (("fixed", "tab:red"), ("incremental", "tab:blue")):
+        for mode, style in (("fixed", ":"), ("incremental", "--")):
             rows = slots[base][mode]
             t = [r["slot"] for r in rows]
-            ax.plot(t, [r["base_auc"] for r in rows], "--", color=color, label=f"{mode} base")
-            ax.plot(t, [r["memory_auc"] for r in rows], "-", color=color, label=f"{mode} + memory")
+            ax.plot(t, [r["base_auc"] for r in rows], style, color="black", label=f"{mode} base")
+            for tag in SLOT_CONFIGS:
+                ax.plot(
+                    t,
+                    [r[f"{tag}_auc"] for r in rows],
+                    style,
+                    color=COLORS[tag],
+                    label=f"+ memory{LABELS[tag]}",
+                )
         ax.set(title=f"{base}: chronological slots (abrupt drifts)", xlabel="slot", ylabel="AUC")
         ax.legend(fontsize=8)
     fig.suptitle("seed 0; grey lines: drifts")
@@ -301,8 +329,8 @@ def summarise(base: str, kind: str, mode: str, scores: dict[str, list[dict]]) ->
 def summarise_slots(base: str, runs: list[dict]) -> list[dict]:
     rows = []
     for mode in ("fixed", "incremental"):
-        for arm in ("base", "memory"):
-            name = base if arm == "base" else f"error_memory({base})"
+        for arm in ("base", *SLOT_CONFIGS):
+            name = base if arm == "base" else f"error_memory({base}){LABELS[arm]}"
             rows.append(
                 {
                     "learner": f"{name}, {mode} base",
@@ -331,12 +359,13 @@ def run_base(base: str, args: argparse.Namespace, curves0: dict) -> tuple[dict, 
         for seed in args.seeds:
             batches, drifts = stream(seed, args.events, args.batch, kind)
             t0 = time.perf_counter()
-            for mode, tag in itertools.product(scores, CONFIGS):
-                run = prequential(base, batches, seed, period if mode == "periodic" else 0, CONFIGS[tag])
+            for mode in scores:
+                run = prequential(base, batches, seed, period if mode == "periodic" else 0)
                 sc = score_prequential(run, drifts, args.window, args.step)
                 if seed == args.seeds[0]:
-                    curves0.setdefault(base, {}).setdefault(kind, {}).setdefault(mode, {})[tag] = sc["curves"]
-                scores[mode][tag].append({arm: sc[arm] for arm in ("base", "memory")})
+                    curves0.setdefault(base, {}).setdefault(kind, {})[mode] = sc["curves"]
+                for tag in CONFIGS:
+                    scores[mode][tag].append({"base": sc["base"], "memory": sc[tag]})
             if kind == "abrupt":
                 sl = slot_protocol(base, batches, seed, args.slots)
                 sl["drift_slots"] = [d // (period * args.batch) for d in drifts]

@@ -57,6 +57,8 @@ class FeatureBatch:
     """Features of a micro-batch, row-aligned with ``events``.
 
     ``keys[indptr[r]:indptr[r+1]]`` and ``values[...]`` are row r's hashed features.
+    ``categorical`` keeps ``(rows, name_hashes, keys)`` of the categorical features, one entry
+    per (event, feature), so that consumers can pick one feature's keys without re-hashing strings.
     """
 
     events: EventBatch
@@ -66,6 +68,7 @@ class FeatureBatch:
     user_hash: np.ndarray
     item_hash: np.ndarray
     numeric: dict[str, np.ndarray] = field(default_factory=dict)
+    categorical: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.events)
@@ -174,6 +177,7 @@ class Featurizer:
             user_hash=user,
             item_hash=item,
             numeric=numeric,
+            categorical=(cat_rows, cat_names, cat_keys),
         )
 
     def _categorical(self, events: EventBatch):

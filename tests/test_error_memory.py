@@ -9,7 +9,9 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.events import EventRules, decode_json
-from pipeline.features import FeatureSpec, Featurizer
+from pipeline.features import FeatureBatch, FeatureSpec, Featurizer
+from pipeline.hashing import combine
+from pipeline.learners.base import StateBundle
 from pipeline.learners.error_memory import (
     ErrorMemory,
     ErrorMemoryLearner,
@@ -18,7 +20,12 @@ from pipeline.learners.error_memory import (
     hashed_keys,
     item_keys,
 )
-from pipeline.learners.error_memory.keys import _item_multipliers, _multiplier, one_thread_matmul
+from pipeline.learners.error_memory.keys import (
+    _item_multipliers,
+    _multiplier,
+    field_hashes,
+    one_thread_matmul,
+)
 from pipeline.learners.ftrl import FTRL
 from pipeline.learners.registry import build_learner
 from pipeline.metrics import METRIC_NAMES
@@ -113,6 +120,54 @@ def test_read_weights_are_a_softmax_of_log_counts_over_tau():
     a = np.exp(logits) / np.exp(logits).sum()
     # γ = λ = 1: the prediction is the weighted label mean ȳ itself
     assert pred[0] == pytest.approx(a[0] * 2 / 3 + a[1] * 1.0, abs=1e-15)
+
+
+@pytest.mark.parametrize("z", [0.5, 1.0])
+def test_confidence_gate_shrinks_the_error_by_its_standard_error(z):
+    mem = _filled_memory(lam=1.0, gamma=0.0, confidence=z)
+    _, err = mem.read(np.array([[0, 1]]), y_base=np.array([0.5]))
+    # tables: (count 3, Σy 2, Σy_base 1.25) and (2, 1, 0.75); τ = 1 weights a = (3/5, 2/5)
+    y_mem, y_err = 3 / 5, 3 / 5 - 2 / 5
+    n = 3 / 5 * 3 + 2 / 5 * 2  # the a-weighted support
+    p = (y_mem * n + 0.5) / (n + 1)
+    gate = max(0.0, 1 - z**2 * p * (1 - p) / n / y_err**2)
+    assert err[0] == pytest.approx(y_err * gate, abs=1e-15)
+    assert (0 < gate < 1) if z == 0.5 else gate == 0.0
+
+
+def test_confidence_gate_uses_the_softmax_weights_when_tau_is_not_one():
+    mem = _filled_memory(tau=0.5, lam=1.0, gamma=0.0, confidence=0.3)
+    _, err = mem.read(np.array([[0, 1]]), y_base=np.array([0.5]))
+    a = np.array([3.0, 2.0]) ** 2 / (3.0**2 + 2.0**2)  # softmax(log c / 0.5) = c² / Σ c²
+    y_mem = a[0] * 2 / 3 + a[1] * 1 / 2
+    y_err = y_mem - (a[0] * 1.25 / 3 + a[1] * 0.75 / 2)
+    n = a[0] * 3 + a[1] * 2
+    p = (y_mem * n + 0.5) / (n + 1)
+    gate = max(0.0, 1 - 0.09 * p * (1 - p) / n / y_err**2)
+    assert 0 < gate < 1 and err[0] == pytest.approx(y_err * gate, abs=1e-14)
+
+
+def test_decay_over_many_batches_matches_the_reference_across_the_scale_folds():
+    rng = np.random.default_rng(3)
+    mem = ErrorMemory(bits=3, tables=2, decay=0.25, lam=1.0)  # 0.25**250 < 1e-150: folds on the way
+    ref = np.zeros((3, 2, 8))
+    for _ in range(600):
+        buckets = rng.integers(8, size=(4, 2))
+        y, yb = rng.random(4), rng.random(4)
+        if ref[0].any():
+            ref *= 0.25
+        mem.write(buckets, y, yb)
+        for i in range(4):
+            for k in range(2):
+                ref[:, k, buckets[i, k]] += (1.0, y[i], yb[i])
+    assert 0.0 < mem._scale < 1.0  # some decay is pending: the properties apply it
+    np.testing.assert_allclose(mem.count, ref[0], rtol=1e-9)
+    np.testing.assert_allclose(mem.sum_y, ref[1], rtol=1e-9)
+    pred, _ = mem.read(np.array([[1, 2]]), np.array([0.5]))
+    slots = [(0, 1), (1, 2)]
+    want = 0.5 + sum(ref[1][s] for s in slots) / sum(ref[0][s] for s in slots)
+    want -= sum(ref[2][s] for s in slots) / sum(ref[0][s] for s in slots)
+    assert pred[0] == pytest.approx(np.clip(want, 0, 1), abs=1e-9)
 
 
 def test_read_empty_buckets_contribute_nothing():
@@ -311,7 +366,10 @@ def test_registry_builds_error_memory_with_descriptive_default_name():
         ("decay", 0.0),
         ("min_count", -1.0),
         ("key_dim", 0),
-        ("item_weight", -1.0),
+        ("key_fields", {"item_id": -1.0}),
+        ("key_fields", {"user_id::category": 1.0}),
+        ("key_fields", ["item_id"]),
+        ("confidence", -1.0),
         ("seed", -1),
         ("base", "error_memory"),
     ],
@@ -405,18 +463,56 @@ def test_item_keys_are_a_fixed_sign_vector_per_item_and_seed():
     np.testing.assert_array_equal(got, want)
 
 
-def test_item_weight_adds_the_weighted_item_vector_to_the_key():
+def test_key_fields_add_the_weighted_item_vector_of_each_field_to_the_key():
     fb = _stream(1)[0]
     plain = ErrorMemoryLearner("ftrl", {"bits": 14}, key_dim=8, seed=1)
-    weighted = ErrorMemoryLearner("ftrl", {"bits": 14}, key_dim=8, seed=1, item_weight=3.0)
+    weighted = ErrorMemoryLearner("ftrl", {"bits": 14}, key_dim=8, seed=1, key_fields={"item_id": 3.0})
     np.testing.assert_allclose(
         weighted.keys(fb), plain.keys(fb) + 3.0 * item_keys(fb.item_hash, 8, seed=1), rtol=0, atol=1e-6
     )
+    both = ErrorMemoryLearner(
+        "ftrl", {"bits": 14}, key_dim=8, seed=1, key_fields={"item_id": 3.0, "user_id": 0.5}
+    )
+    want = plain.keys(fb) + 3.0 * item_keys(fb.item_hash, 8, 1) + 0.5 * item_keys(fb.user_hash, 8, 1)
+    np.testing.assert_allclose(both.keys(fb), want, rtol=0, atol=1e-5)
+
+
+def _categorised(n: int = 300) -> FeatureBatch:
+    rows = [
+        b'{"event_id":"e%d","ts":%d,"user_id":"u%d","item_id":"i%d","label":%d,"features":{"category":"c%d"}}'
+        % (i, i, i % 5, i % 7, i % 2, i % 3)
+        for i in range(n)
+    ]
+    rows[0] = b'{"event_id":"e0","ts":0,"user_id":"u0","item_id":"i0","label":0}'  # no category
+    return Featurizer().transform(decode_json(rows, EventRules())[0])
+
+
+def test_field_hashes_of_a_categorical_feature_are_the_featurizers_keys_of_it():
+    fb = _categorised()
+    got = field_hashes(fb, "category")
+    for row in range(1, len(fb)):  # each is one of the row's feature keys, and the same per category
+        assert got[row] in fb.keys[fb.indptr[row] : fb.indptr[row + 1]]
+    assert len(np.unique(got[1:])) == 3 and all(got[r] == got[r + 3] for r in range(1, len(fb) - 3))
+    assert got[0] not in got[1:]  # the event without a category: the feature's "missing" value
+    np.testing.assert_array_equal(field_hashes(fb, "user_id:category"), combine(fb.user_hash, got))
+    np.testing.assert_array_equal(field_hashes(fb, "item_id"), fb.item_hash)
+    np.testing.assert_array_equal(field_hashes(fb, "user_id"), fb.user_hash)
+
+
+def test_a_large_cross_weight_puts_events_of_one_user_and_category_in_the_same_buckets():
+    fb = _categorised()
+    model = ErrorMemoryLearner("ftrl", {"bits": 14}, bits=10, tables=4, key_fields={"user_id:category": 1e5})
+    buckets = model.buckets(fb)
+    cells = field_hashes(fb, "user_id:category")
+    for cell in np.unique(cells):
+        same = buckets[cells == cell]
+        assert (same == same[0]).all()
+    assert len({tuple(b) for b in buckets}) == len(np.unique(cells)) == 16  # 15 (user, category) + missing
 
 
 def test_large_item_weight_puts_events_of_one_item_in_the_same_buckets():
     fb = _stream(1, size=200, items=6)[0]
-    model = ErrorMemoryLearner("ftrl", {"bits": 14}, bits=8, tables=4, item_weight=1000.0)
+    model = ErrorMemoryLearner("ftrl", {"bits": 14}, bits=8, tables=4, key_fields={"item_id": 1000.0})
     buckets = model.buckets(fb)
     for item in np.unique(fb.item_hash):
         same = buckets[fb.item_hash == item]
@@ -424,11 +520,26 @@ def test_large_item_weight_puts_events_of_one_item_in_the_same_buckets():
     assert len({tuple(b) for b in buckets}) == len(np.unique(fb.item_hash))
 
 
-def test_load_state_rejects_a_different_item_weight():
-    a = ErrorMemoryLearner("ftrl", {"bits": 14}, item_weight=2.0)
-    b = ErrorMemoryLearner("ftrl", {"bits": 14}, item_weight=0.0)
-    with pytest.raises(ValueError, match="item_weight"):
+def test_load_state_rejects_different_key_fields():
+    a = ErrorMemoryLearner("ftrl", {"bits": 14}, key_fields={"item_id": 2.0})
+    b = ErrorMemoryLearner("ftrl", {"bits": 14})
+    with pytest.raises(ValueError, match="key_fields"):
         b.load_state(a.state())
+
+
+def test_load_state_reads_the_item_weight_of_format_1_states():
+    a = ErrorMemoryLearner("ftrl", {"bits": 14}, key_fields={"item_id": 2.0})
+    fb = _stream(1)[0]
+    a.learn(fb, a.predict(fb))
+    old = a.state()
+    meta = {k: v for k, v in old.meta.items() if k != "key_fields"} | {"item_weight": 2.0}
+    b = ErrorMemoryLearner("ftrl", {"bits": 14}, key_fields={"item_id": 2.0})
+    b.load_state(StateBundle(old.tables, old.arrays, old.tensors, meta))
+    np.testing.assert_array_equal(b.predict(fb), a.predict(fb))
+    with pytest.raises(ValueError, match="key_fields"):
+        ErrorMemoryLearner("ftrl", {"bits": 14}).load_state(
+            StateBundle(old.tables, old.arrays, old.tensors, meta)
+        )
 
 
 def test_neural_predict_with_representation_equals_its_two_separate_passes():

@@ -27,13 +27,29 @@ Examples
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.features import FeatureBatch
-from pipeline.hashing import hash_one
+from pipeline.hashing import combine, hash_one, hash_strings
 
-__all__ = ["KeyCenter", "SimHash", "StackedProduct", "hashed_keys", "item_keys", "one_thread_matmul"]
+__all__ = [
+    "KeyCenter",
+    "SimHash",
+    "StackedProduct",
+    "check_key_fields",
+    "field_hashes",
+    "field_keys",
+    "hashed_keys",
+    "item_keys",
+    "one_thread_matmul",
+]
+
+#: fields an event always has (besides its categorical features)
+_ID_FIELDS = ("user_id", "item_id")
 
 # OpenBLAS runs a product on one thread while m·n·k is at most 4 · 65536; its threads cost far
 # more than a micro-batch's arithmetic on a busy machine, so products are cut into stacks below it
@@ -82,6 +98,108 @@ def item_keys(item_hash: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
     """
     x = np.asarray(item_hash, np.uint64)[:, None] * _item_multipliers(int(dim), int(seed))
     return np.subtract(1.0, (x >> np.uint64(63)).astype(np.float32) * 2.0, dtype=np.float32)
+
+
+def check_key_fields(key_fields: Mapping[str, float] | None) -> dict[str, float]:
+    """Validate ``{field: weight}`` (a field is ``user_id``, ``item_id``, a categorical feature, or
+    a cross ``"a:b"`` of two of them); returns a plain dict with float weights, zero weights dropped."""
+    if key_fields is None:
+        return {}
+    if not isinstance(key_fields, Mapping):
+        raise ValueError(f"key_fields must be a table of field name -> weight, got {key_fields!r}")
+    out: dict[str, float] = {}
+    for name, weight in key_fields.items():
+        parts = name.split(":") if isinstance(name, str) else []
+        if not parts or len(parts) > 2 or not all(p.strip() == p and p for p in parts):
+            raise ValueError(
+                f"key_fields: {name!r} is not a field name ('item_id', 'category') or a cross of two "
+                "('user_id:category')"
+            )
+        ok = isinstance(weight, (int, float)) and not isinstance(weight, bool) and np.isfinite(weight)
+        if not ok or weight < 0:
+            raise ValueError(f"key_fields[{name!r}] must be a finite number >= 0, got {weight!r}")
+        if weight:
+            out[name] = float(weight)
+    return out
+
+
+def field_hashes(batch: FeatureBatch, field: str) -> np.ndarray:
+    """A stable 64-bit hash of each event's value of ``field`` (or of the cross ``"a:b"``).
+
+    ``user_id`` and ``item_id`` are the featurizer's id hashes; a categorical feature hashes like
+    the featurizer's key of that feature; an event without the feature gets the feature's
+    "missing" hash (one value for all such events). A cross combines its two parts.
+
+    >>> from pipeline.events import decode_json, EventRules
+    >>> from pipeline.features import Featurizer
+    >>> rows = [b'{"event_id":"e%d","ts":1,"user_id":"u%d","item_id":"i","label":1,'
+    ...         b'"features":{"category":"c%d"}}' % (i, i % 2, i % 3) for i in range(12)]
+    >>> fb = Featurizer().transform(decode_json(rows, EventRules())[0])
+    >>> h = field_hashes(fb, "user_id:category")  # six (user, category) pairs, repeating after six events
+    >>> len(set(h.tolist())), bool((h[:6] == h[6:]).all()), len(set(field_hashes(fb, "category").tolist()))
+    (6, True, 3)
+    """
+    parts = field.split(":")
+    if len(parts) == 2:
+        return combine(field_hashes(batch, parts[0]), field_hashes(batch, parts[1]))
+    if field == "user_id":
+        return batch.user_hash
+    if field == "item_id":
+        return batch.item_hash
+    name_h, missing = _name_hashes(field)
+    out = np.full(len(batch), missing)
+    if batch.categorical is not None:  # the featurizer's keys of this feature, if it kept the feature
+        rows, names, keys = batch.categorical
+        sel = names == name_h
+        if sel.any():
+            out[rows[sel]] = keys[sel]
+            return out
+    col = batch.events.column("cat_features")  # e.g. a feature the featurizer was told to exclude
+    if len(col.keys):
+        sel = np.asarray(pc.equal(col.keys, field), dtype=bool)
+        if sel.any():
+            offsets = np.asarray(col.offsets, dtype=np.int64)
+            rows = np.repeat(np.arange(len(batch), dtype=np.int64), np.diff(offsets))[sel]
+            values = _distinct_hashes(col.items.filter(pa.array(sel)))
+            out[rows] = combine(np.full(len(rows), name_h), values)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _name_hashes(field: str) -> tuple[np.uint64, np.uint64]:
+    """The featurizer's hash of a feature name, and the key of the feature's "missing" value."""
+    name_h = np.uint64(hash_one(field, "feature"))
+    return name_h, combine(np.array([name_h]), np.array([0], np.uint64))[0]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _value_hash(value: str | None) -> int:
+    return 0 if value is None else hash_one(value, "value")
+
+
+def _distinct_hashes(values: pa.Array) -> np.ndarray:
+    """``hash_strings(values, "value")``, hashing each distinct value once (and remembering it).
+
+    A categorical field has few values, and hashing a short array has a fixed cost of ~60 µs, so
+    the distinct values of a batch are looked up in a cache instead.
+    """
+    coded = pc.dictionary_encode(values, null_encoding="encode")
+    if len(coded.dictionary) > 256:  # an id-like field: the vectorised hash is cheaper
+        return hash_strings(values, "value")
+    table = np.array([_value_hash(v) for v in coded.dictionary.to_pylist()], np.uint64)
+    return table[coded.indices.to_numpy()]
+
+
+def field_keys(batch: FeatureBatch, key_fields: Mapping[str, float], dim: int, seed: int = 0) -> np.ndarray:
+    """``Σ_f weight_f · item_keys(field_hashes(batch, f))``: float32 ``[len(batch), dim]``.
+
+    ``item_id`` uses the item hash itself, so ``{"item_id": w}`` gives the same keys as before
+    fields other than the item could be named.
+    """
+    out = np.zeros((len(batch), dim), np.float32)
+    for field, weight in key_fields.items():
+        out += np.float32(weight) * item_keys(field_hashes(batch, field), dim, seed)
+    return out
 
 
 class StackedProduct:

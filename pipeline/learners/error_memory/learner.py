@@ -42,7 +42,7 @@ import numpy as np
 
 from pipeline.features import FeatureBatch
 from pipeline.learners.base import Learner, StateBundle
-from pipeline.learners.error_memory.keys import KeyCenter, SimHash, hashed_keys, item_keys
+from pipeline.learners.error_memory.keys import KeyCenter, SimHash, check_key_fields, field_keys, hashed_keys
 from pipeline.learners.error_memory.memory import ErrorMemory
 
 __all__ = ["ErrorMemoryLearner", "Served"]
@@ -79,15 +79,22 @@ class ErrorMemoryLearner(Learner):
         default 0.98 halves an error's weight after 34 batches (34k events at 1,000 per batch).
     min_count
         Buckets with ``count <= min_count`` are empty.
+    confidence
+        ``z`` of the significance gate (0 = off; default one standard error): each estimated error is shrunk by
+        ``max(0, 1 - z² SE² / y_err²)``, so that the noise of thinly supported buckets is not
+        added to the predictions on stationary stretches while a real shift (an error many standard
+        errors from zero) passes almost whole.
     center
         Subtract the running mean of the keys before hashing (spreads a ReLU layer's keys over the buckets).
     key_dim
         Dimension of the hashed-feature key (ignored when the base has ``representation``).
-    item_weight
-        Weight of a seeded random ±1 vector of the event's item id added to every key (0 = none;
-        :func:`~pipeline.learners.error_memory.keys.item_keys`). Large values make the memory pool
-        errors per item, which is what corrects item-level drift (a popularity shift) that the base
-        follows slowly.
+    key_fields
+        ``{field: weight}``: for each named field (``item_id``, ``user_id``, a categorical feature,
+        or a cross ``"user_id:category"``) a seeded random ±1 vector of the event's value, times
+        the weight, is added to every key (:func:`~pipeline.learners.error_memory.keys.field_keys`).
+        Large weights make the memory pool errors per value of the field: ``{"item_id": 8}``
+        corrects item-level drift (a popularity shift), ``{"user_id:category": 8}`` a shift of
+        users' tastes. The key should name the level at which the data shifts.
     seed
         Seeds the key hashing and the LSH hyperplanes.
     name
@@ -107,9 +114,10 @@ class ErrorMemoryLearner(Learner):
         gamma: float = 0.0,
         decay: float = 0.98,
         min_count: float = 0.0,
+        confidence: float = 1.0,
         center: bool = True,
         key_dim: int = 16,
-        item_weight: float = 0.0,
+        key_fields: dict[str, float] | None = None,
         seed: int = 0,
         name: str | None = None,
     ):
@@ -119,21 +127,20 @@ class ErrorMemoryLearner(Learner):
             raise ValueError(f"base must be the kind of another learner (e.g. 'ftrl'), got {base!r}")
         if not isinstance(key_dim, (int, np.integer)) or not 1 <= key_dim <= 4096:
             raise ValueError(f"key_dim must be an integer in [1, 4096], got {key_dim!r}")
-        ok = isinstance(item_weight, (int, float)) and not isinstance(item_weight, bool)
-        if not ok or not np.isfinite(item_weight) or item_weight < 0:
-            raise ValueError(f"item_weight must be a finite number >= 0, got {item_weight!r}")
+        fields = check_key_fields(key_fields)
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         super().__init__(name or f"{self.kind}({base})")
         self.base = base
         self.base_params = dict(base_params or {})
-        self._memory = ErrorMemory(bits, tables, tau, lam, gamma, decay, min_count)
+        self._memory = ErrorMemory(bits, tables, tau, lam, gamma, decay, min_count, confidence)
         self.bits, self.tables, self.tau, self.lam = bits, tables, tau, lam
         self.gamma, self.decay, self.min_count = gamma, decay, min_count
+        self.confidence = confidence
         if not isinstance(center, bool):
             raise ValueError(f"center must be true or false, got {center!r}")
         self.center, self.key_dim, self.seed = center, int(key_dim), int(seed)
-        self.item_weight = float(item_weight)
+        self.key_fields = fields
         self._base = build_learner(base, name=f"{self.name}.base", params=self.base_params)
         self._lsh: SimHash | None = None
         self._center = KeyCenter()
@@ -163,11 +170,11 @@ class ErrorMemoryLearner(Learner):
             keys = np.asarray(represent(batch), dtype=np.float32).reshape(len(batch), -1)
         else:
             keys = hashed_keys(batch, self.key_dim, self.seed)
-        return self._with_item(batch, keys)
+        return self._with_fields(batch, keys)
 
-    def _with_item(self, batch: FeatureBatch, keys: np.ndarray) -> np.ndarray:
-        if self.item_weight and len(batch):
-            keys = keys + self.item_weight * item_keys(batch.item_hash, keys.shape[1], self.seed)
+    def _with_fields(self, batch: FeatureBatch, keys: np.ndarray) -> np.ndarray:
+        if self.key_fields and len(batch):
+            keys = keys + field_keys(batch, self.key_fields, keys.shape[1], self.seed)
         return keys
 
     def buckets(self, batch: FeatureBatch) -> np.ndarray:
@@ -190,10 +197,22 @@ class ErrorMemoryLearner(Learner):
         """Score ``batch``: the base's predictions, the compensated ones, and where they were read."""
         both = getattr(self._base, "predict_with_representation", None)
         if callable(both):  # one forward pass for the score and the key
-            y_base, keys = both(batch)
-            keys = self._with_item(batch, np.asarray(keys, dtype=np.float32).reshape(len(batch), -1))
+            y_base, representation = both(batch)
+            return self.serve_base(batch, y_base, representation)
+        return self.serve_base(batch, self._base.predict(batch))
+
+    def serve_base(
+        self, batch: FeatureBatch, y_base: np.ndarray, representation: np.ndarray | None = None
+    ) -> Served:
+        """:meth:`serve` for base predictions (and representation) computed elsewhere.
+
+        Several memories can then share one base model (e.g. to compare memory configurations on
+        one pass of an expensive base); without ``representation`` the key is :meth:`keys`.
+        """
+        if representation is None:
+            keys = self.keys(batch)
         else:
-            y_base, keys = self._base.predict(batch), self.keys(batch)
+            keys = self._with_fields(batch, np.asarray(representation, np.float32).reshape(len(batch), -1))
         y_base = np.asarray(y_base, dtype=np.float64)
         slots = self._memory.slots(self._buckets_of(keys), checked=False)
         y, _ = self._memory.read_slots(slots, y_base)
@@ -258,7 +277,7 @@ class ErrorMemoryLearner(Learner):
             "bits": self._memory.bits,
             "tables": self._memory.tables,
             "seed": self.seed,
-            "item_weight": self.item_weight,
+            "key_fields": self.key_fields,
             "key_dim": self._lsh.dim if self._lsh is not None else None,
             "lsh": "simhash-gaussian-float32",
             "base_kind": self.base,
@@ -277,13 +296,16 @@ class ErrorMemoryLearner(Learner):
 
     def load_state(self, bundle: StateBundle) -> None:
         meta = bundle.meta
+        saved = dict(meta)
+        if "key_fields" not in saved:  # format-1 states named only an item weight (0 = none)
+            weight = float(saved.get("item_weight", 0.0))
+            saved["key_fields"] = {"item_id": weight} if weight else {}
         mine_all = {"bits": self._memory.bits, "tables": self._memory.tables, "seed": self.seed}
-        mine_all["item_weight"] = self.item_weight
+        mine_all["key_fields"] = self.key_fields
         for key, mine in mine_all.items():
-            # states written before item_weight existed had none: their keys had no item part
-            if meta.get(key, 0.0 if key == "item_weight" else None) != mine:
+            if saved.get(key) != mine:
                 raise ValueError(
-                    f"error memory state has {key}={meta.get(key)!r}, this learner has {key}={mine!r}"
+                    f"error memory state has {key}={saved.get(key)!r}, this learner has {key}={mine!r}"
                 )
         if meta.get("base_kind") != self.base:
             raise ValueError(

@@ -43,6 +43,10 @@ import numpy as np
 
 __all__ = ["ErrorMemory"]
 
+#: the stored sums are the true ones over the running product of decays; below this product it is
+#: folded back in (every 6,900 batches at decay 0.95), far from where 1 / product would overflow
+_RESCALE_BELOW = 1e-150
+
 
 def _finite(name: str, value: float, low: float, high: float, low_open: bool = False) -> float:
     value = float(value)
@@ -73,6 +77,11 @@ class ErrorMemory:
         Multiplier of every sum before each written batch, in (0, 1]; 1 = no forgetting.
     min_count
         A bucket with ``count <= min_count`` is empty.
+    confidence
+        ``z`` of the significance gate on the error (0 = off): ``y_err`` is multiplied by
+        ``max(0, 1 - z² SE² / y_err²)``, where ``SE² = p(1-p) / n`` is the squared standard error
+        of the remembered label mean (``n``: the support of the tables read, ``p``: that mean,
+        smoothed by half an event), so that errors within noise of zero are shrunk to nothing.
     """
 
     def __init__(
@@ -84,6 +93,7 @@ class ErrorMemory:
         gamma: float = 0.0,
         decay: float = 0.98,
         min_count: float = 0.0,
+        confidence: float = 0.0,
     ):
         if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 24:
             raise ValueError(f"bits must be an integer in [1, 24], got {bits!r}")
@@ -95,6 +105,7 @@ class ErrorMemory:
         self.gamma = _finite("gamma", gamma, 0.0, 1.0)
         self.decay = _finite("decay", decay, 0.0, 1.0, low_open=True)
         self.min_count = _finite("min_count", min_count, 0.0, np.inf)
+        self.confidence = _finite("confidence", confidence, 0.0, 100.0)
         self._offsets = (np.arange(self.tables, dtype=np.int64) << self.bits)[:, None]
         self._work = np.zeros(0)
         self._tiled = np.zeros(0)
@@ -107,34 +118,38 @@ class ErrorMemory:
 
     @property
     def count(self) -> np.ndarray:
-        """Support of every bucket, ``[K, 2**L]`` (a read-only view)."""
-        return self._view(self._count)
+        """Support of every bucket, ``[K, 2**L]`` (a read-only copy)."""
+        return self._true(self._count)
 
     @property
     def sum_y(self) -> np.ndarray:
-        """Σy of every bucket, ``[K, 2**L]`` (a read-only view)."""
-        return self._view(self._sum_y)
+        """Σy of every bucket, ``[K, 2**L]`` (a read-only copy)."""
+        return self._true(self._sum_y)
 
     @property
     def sum_ybase(self) -> np.ndarray:
-        """Σy_base of every bucket, ``[K, 2**L]`` (a read-only view)."""
-        return self._view(self._sum_ybase)
+        """Σy_base of every bucket, ``[K, 2**L]`` (a read-only copy)."""
+        return self._true(self._sum_ybase)
 
-    def _view(self, flat: np.ndarray) -> np.ndarray:
-        view = flat.reshape(self.tables, -1).view()
-        view.flags.writeable = False
-        return view
+    def _true(self, flat: np.ndarray) -> np.ndarray:
+        out = (flat * self._scale).reshape(self.tables, -1)
+        out.flags.writeable = False
+        return out
 
     def reset(self) -> None:
         """Forget everything (e.g. when the base model is replaced)."""
-        # flat arrays indexed by table · 2**L + bucket: reads are np.take, writes np.add.at
+        # flat arrays indexed by table · 2**L + bucket: reads are np.take, writes np.add.at. They hold
+        # the sums divided by _scale (the product of every decay so far): decaying a batch is then one
+        # multiplication of _scale, not of the whole memory, and a write adds its values / _scale
         self._count = np.zeros(self.size)
         self._sum_y = np.zeros(self.size)
         self._sum_ybase = np.zeros(self.size)
+        self._scale = 1.0
+        self._empty = True  # decaying an empty memory changes nothing; skipping it keeps the first sums exact
 
     def entries(self) -> int:
         """Live (non-empty) buckets over all tables."""
-        return int(np.count_nonzero(self._count > self.min_count))
+        return int(np.count_nonzero(self._count > self.min_count / self._scale))
 
     def slots(self, buckets: np.ndarray, checked: bool = True) -> np.ndarray:
         """Positions ``table · 2**L + bucket`` of ``buckets[n, K]`` in the flat sums, ``[K, n]``.
@@ -168,14 +183,16 @@ class ErrorMemory:
             # a_k ∝ count_k, so ȳ = Σ_k Σy_k / Σ_k count_k; empty buckets hold zeros: plain sums
             weights = None
             total = count.sum(axis=0)
+            support = np.einsum("kn,kn->n", count, count) if self.confidence else None
         else:
             # a_k ∝ count_k^(1/τ) on live buckets; with u_k = a_k / count_k both means are ratios
             # of u-weighted sums, ȳ = Σ u Σy / Σ u count (scaled by the row's top count: no overflow)
-            live = count > self.min_count
+            live = count > self.min_count / self._scale
             top = np.where(live, count, 0.0).max(axis=0, keepdims=True)
             rel = np.divide(count, top, out=np.zeros_like(count), where=live)
             weights = np.divide(rel ** (1.0 / self.tau), count, out=np.zeros_like(count), where=live)
             total = (weights * count).sum(axis=0)
+            support = np.einsum("kn,kn,kn->n", weights, count, count) if self.confidence else None
         has = total > 0
         if self.lam == 0.0 or not has.any():
             return y_base.copy(), np.zeros(len(y_base))
@@ -189,7 +206,17 @@ class ErrorMemory:
         if self.gamma:
             y_err = self.gamma * (y_mem - y_base) + (1.0 - self.gamma) * y_err
         y_err[~has] = 0.0
+        if support is not None:
+            y_err *= self._gate(y_mem, y_err, self._scale * support / total)
         return np.clip(y_base + self.lam * y_err, 0.0, 1.0), y_err
+
+    def _gate(self, y_mem: np.ndarray, y_err: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Positive-part shrinkage ``max(0, 1 - z² SE² / y_err²)`` of each error towards 0."""
+        p = (y_mem * n + 0.5) / (n + 1.0)
+        noise = self.confidence**2 * p * (1.0 - p) / np.maximum(n, 1e-12)
+        sq = y_err * y_err
+        ratio = np.divide(noise, sq, out=np.full_like(sq, np.inf), where=sq > 0)
+        return np.maximum(0.0, 1.0 - ratio)
 
     # ------------------------------------------------------------------------------ write
     def write(self, buckets: np.ndarray, labels: np.ndarray, y_base: np.ndarray) -> None:
@@ -200,24 +227,38 @@ class ErrorMemory:
         """:meth:`write` for positions from :meth:`slots`."""
         if slots.size == 0:
             return
-        if self.decay != 1.0:
-            for arr in (self._count, self._sum_y, self._sum_ybase):
-                arr *= self.decay
+        if self.decay != 1.0 and not self._empty:
+            self._scale *= self.decay
+            if self._scale < _RESCALE_BELOW:  # long before 1 / _scale could overflow
+                self._fold_scale()
+        unit = 1.0 / self._scale
         # slots are [K, n], so an event's value repeats K times; tiled explicitly (into a reused array),
         # because numpy 2.4's add.at reads garbage when the values are broadcast over a 2-D index
         flat = slots.ravel()
         if len(self._tiled) < flat.size:
             self._tiled = np.empty(flat.size)
         tiled = self._tiled[: flat.size]
-        np.add.at(self._count, flat, 1.0)
+        self._empty = False
+        np.add.at(self._count, flat, unit)
         for total, values in ((self._sum_y, labels), (self._sum_ybase, y_base)):
-            np.copyto(tiled.reshape(slots.shape), values, casting="unsafe")
+            np.multiply(values, unit, out=tiled.reshape(slots.shape), casting="unsafe")
             np.add.at(total, flat, tiled)
 
     # ------------------------------------------------------------------------------ state
     def arrays(self) -> dict[str, np.ndarray]:
-        """Copies of ``count``, ``sum_y`` and ``sum_ybase`` (each ``[K, 2**L]``)."""
+        """Copies of ``count``, ``sum_y`` and ``sum_ybase`` (each ``[K, 2**L]``).
+
+        The pending decay is folded into the live sums first, so that this memory and one loaded
+        from these arrays hold the same numbers and read bit for bit alike.
+        """
+        self._fold_scale()
         return {"count": self.count.copy(), "sum_y": self.sum_y.copy(), "sum_ybase": self.sum_ybase.copy()}
+
+    def _fold_scale(self) -> None:
+        if self._scale != 1.0:
+            for arr in (self._count, self._sum_y, self._sum_ybase):
+                arr *= self._scale
+            self._scale = 1.0
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         shape = (self.tables, 1 << self.bits)
@@ -232,3 +273,5 @@ class ErrorMemory:
         self._count = np.array(arrays["count"], dtype=np.float64).ravel()
         self._sum_y = np.array(arrays["sum_y"], dtype=np.float64).ravel()
         self._sum_ybase = np.array(arrays["sum_ybase"], dtype=np.float64).ravel()
+        self._scale = 1.0
+        self._empty = not self._count.any()
