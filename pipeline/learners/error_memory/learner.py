@@ -47,7 +47,8 @@ from pipeline.learners.error_memory.memory import ErrorMemory
 
 __all__ = ["ErrorMemoryLearner", "Served"]
 
-_STATE_FORMAT = 1
+#: 2: ``key_fields`` in the meta (1: ``item_weight``), and the memory's ``scale`` array
+_STATE_FORMAT = 2
 _PREFIX = "base."
 
 
@@ -297,6 +298,10 @@ class ErrorMemoryLearner(Learner):
     def load_state(self, bundle: StateBundle) -> None:
         meta = bundle.meta
         saved = dict(meta)
+        if int(saved.get("format", 1)) > _STATE_FORMAT:
+            raise ValueError(
+                f"error memory state has format {saved.get('format')}, this version reads up to {_STATE_FORMAT}"
+            )
         if "key_fields" not in saved:  # format-1 states named only an item weight (0 = none)
             weight = float(saved.get("item_weight", 0.0))
             saved["key_fields"] = {"item_id": weight} if weight else {}

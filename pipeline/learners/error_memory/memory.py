@@ -246,19 +246,23 @@ class ErrorMemory:
 
     # ------------------------------------------------------------------------------ state
     def arrays(self) -> dict[str, np.ndarray]:
-        """Copies of ``count``, ``sum_y`` and ``sum_ybase`` (each ``[K, 2**L]``).
+        """The state: ``count``, ``sum_y`` and ``sum_ybase`` as stored (each ``[K, 2**L]``) and ``scale``.
 
-        The pending decay is folded into the live sums first, so that this memory and one loaded
-        from these arrays hold the same numbers and read bit for bit alike.
+        The true sums are the stored ones times ``scale`` (the decay not yet folded in; see
+        :attr:`count`). Keeping both as they are, rather than folding, lets a memory restored from
+        them continue bit for bit like the one that wrote them.
         """
-        self._fold_scale()
-        return {"count": self.count.copy(), "sum_y": self.sum_y.copy(), "sum_ybase": self.sum_ybase.copy()}
+        return {
+            "count": self._count.reshape(self.tables, -1).copy(),
+            "sum_y": self._sum_y.reshape(self.tables, -1).copy(),
+            "sum_ybase": self._sum_ybase.reshape(self.tables, -1).copy(),
+            "scale": np.array([self._scale]),
+        }
 
     def _fold_scale(self) -> None:
-        if self._scale != 1.0:
-            for arr in (self._count, self._sum_y, self._sum_ybase):
-                arr *= self._scale
-            self._scale = 1.0
+        for arr in (self._count, self._sum_y, self._sum_ybase):
+            arr *= self._scale
+        self._scale = 1.0
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         shape = (self.tables, 1 << self.bits)
@@ -273,5 +277,8 @@ class ErrorMemory:
         self._count = np.array(arrays["count"], dtype=np.float64).ravel()
         self._sum_y = np.array(arrays["sum_y"], dtype=np.float64).ravel()
         self._sum_ybase = np.array(arrays["sum_ybase"], dtype=np.float64).ravel()
-        self._scale = 1.0
+        # states of format 1 held the true sums and no scale
+        self._scale = float(np.asarray(arrays.get("scale", [1.0]), dtype=np.float64).ravel()[0])
+        if not (np.isfinite(self._scale) and 0.0 < self._scale <= 1.0):
+            raise ValueError(f"error memory array 'scale' must be in (0, 1], got {self._scale!r}")
         self._empty = not self._count.any()
