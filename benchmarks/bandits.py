@@ -12,10 +12,18 @@
    Reward is the true click probability of the shown item, regret its gap to the best candidate.
 3. The same loop with an abrupt preference drift and a popularity reshuffle halfway, discounted
    (γ < 1) against undiscounted.
+4. Hybrid offline + online contexts: a neural ranker is pretrained on a log of the same world
+   (``--logged`` events chosen by the simulator's logging policy), then the closed loop runs on
+   the requests that follow the log. LinUCB and Diag-LinUCB with features-only contexts are
+   compared with the same policies whose contexts end in the frozen ranker's user embedding
+   (:func:`~pipeline.learners.bandits.hybrid_contexts`), and with the frozen ranker as a greedy
+   policy (no exploration, no online learning) for reference; then again with an abrupt
+   preference drift and a popularity reshuffle halfway, where the frozen embeddings go stale.
 
 Usage: ``python benchmarks/bandits.py [--requests N] [--skip-throughput]`` (the latter keeps the
 throughput table of the previous results file); writes
 ``benchmarks/results/bandits.json`` and ``bandits_regret.png`` / ``bandits_drift.png`` beside it.
+``--hybrid-only`` runs part 4 alone and prints its table and JSON without writing results.
 BLAS runs single-threaded (``OPENBLAS_NUM_THREADS=1`` unless set) so timings do not depend on
 what else the machine runs.
 """
@@ -29,6 +37,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,11 +52,12 @@ from pipeline.learners.bandits import (
     BetaThompson,
     DiagLinUCB,
     EpsilonGreedy,
+    FrozenEmbeddings,
     LinearThompson,
     LinUCB,
     context_vectors,
 )
-from pipeline.simulate import Drift, Environment, SimConfig
+from pipeline.simulate import Drift, Environment, SimConfig, Simulator
 
 RIDGE = {"linucb", "linear_ts", "epsilon_greedy"}
 #: discount per update batch of 200 events in the drift run; the context-free Beta policy spreads its
@@ -132,33 +142,65 @@ def throughput(max_gb: float) -> list[dict]:
 # ------------------------------------------------------------------------------ closed loop
 
 
-class _Stream:
-    """Requests, their contexts (from the events' features) and a reward oracle, shared by all runs."""
+EXCLUDE = ("price", "category")  # item features: the arm is the item
 
-    def __init__(self, config: SimConfig, n_requests: int, batch: int, dim: int):
+
+class _Stream:
+    """Requests, their contexts (from the events' features) and a reward oracle, shared by all runs.
+
+    ``skip`` requests are drawn and dropped first (the stretch a pretraining log covered). With
+    ``embeddings``, :attr:`hybrid` holds the hybrid contexts of every batch (features, then the
+    embedding parts; the feature block normalised like :attr:`batches`' contexts) and
+    :attr:`ranker_choice` the frozen ranker's greedy choice among the candidates.
+    """
+
+    def __init__(
+        self,
+        config: SimConfig,
+        n_requests: int,
+        batch: int,
+        dim: int,
+        skip: int = 0,
+        embeddings: FrozenEmbeddings | None = None,
+    ):
         env = Environment(config)
         self.config, self.world = config, env.world
+        for start in range(0, skip, 10_000):
+            env.contexts(min(10_000, skip - start))
+        self.skipped = skip
         featurizer = Featurizer(FeatureSpec())
         self.batches = []
+        self.hybrid: list[np.ndarray] = []
+        self.ranker_choice: list[np.ndarray] = []
         for _ in range(n_requests // batch):
             ctx = env.contexts(batch)
             events, _ = decode_arrow(env.records(ctx, ctx.candidates[:, :1]), EventRules())
             fb = featurizer.transform(events)
-            X = context_vectors(fb, dim, exclude=("price", "category"), include_user=True)
+            X = context_vectors(fb, dim, exclude=EXCLUDE, include_user=True)
             X /= np.linalg.norm(X, axis=1, keepdims=True)
             _, best_p = env.best(ctx)
             self.batches.append((ctx, X, best_p))
+            if embeddings is not None:
+                H = embeddings.contexts(fb, dim, exclude=EXCLUDE, include_user=True)
+                f = dim - embeddings.width
+                H[:, :f] /= np.linalg.norm(H[:, :f], axis=1, keepdims=True)
+                self.hybrid.append(H)
+                every, _ = decode_arrow(env.records(ctx, ctx.candidates), EventRules())
+                scores = embeddings.ranker.logits(featurizer.transform(every)).reshape(ctx.candidates.shape)
+                self.ranker_choice.append(scores.argmax(axis=1))
 
     def oracle(self) -> Environment:
         """A fresh environment over the same world: the same reward random numbers for every run."""
         return Environment(self.config, world=self.world)
 
 
-def run_policy(policy, stream: _Stream) -> dict:
+def run_policy(policy, stream: _Stream, hybrid: bool = False) -> dict:
     env = stream.oracle()
     reward, regret = [], []
     decide = learn = 0.0
-    for ctx, X, best_p in stream.batches:
+    for i, (ctx, X, best_p) in enumerate(stream.batches):
+        if hybrid:
+            X = stream.hybrid[i]
         t0 = time.perf_counter()
         j = policy.select(X, ctx.candidates)[0][:, 0]
         t1 = time.perf_counter()
@@ -179,6 +221,19 @@ def run_uniform(stream: _Stream, seed: int = 0) -> dict:
     env = stream.oracle()
     for ctx, _, best_p in stream.batches:
         items = ctx.candidates[np.arange(len(ctx)), rng.integers(0, ctx.candidates.shape[1], len(ctx))]
+        p = env.reward_probabilities(ctx, items)
+        env.step(ctx, items)
+        reward.append(p)
+        regret.append(best_p - p)
+    return _summary(np.concatenate(reward), np.concatenate(regret), 0.0, 0.0)
+
+
+def run_fixed(stream: _Stream, choices: list[np.ndarray]) -> dict:
+    """A policy that does not learn: ``choices[b]`` are candidate positions for batch b."""
+    reward, regret = [], []
+    env = stream.oracle()
+    for (ctx, _, best_p), j in zip(stream.batches, choices):
+        items = ctx.candidates[np.arange(len(ctx)), j]
         p = env.reward_probabilities(ctx, items)
         env.step(ctx, items)
         reward.append(p)
@@ -254,6 +309,109 @@ def closed_loop(n_requests: int, batch: int, dim: int, drift: bool) -> dict:
     return runs
 
 
+def pretrain_embeddings(config: SimConfig, n_logged: int, folder: Path) -> tuple[FrozenEmbeddings, dict]:
+    """Pretrain a small ranker on ``n_logged`` logged events of ``config``'s world; load it frozen.
+
+    The checkpoint goes through the same file and loader as a policy's ``embedding_checkpoint``.
+    """
+    import torch
+
+    from pipeline.learners.neural import NeuralRanker, pretrain
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    featurizer = Featurizer(FeatureSpec())
+    log = [
+        featurizer.transform(decode_arrow(b, EventRules())[0])
+        for b in Simulator(config).batches(n_logged, chunk_size=10_000)
+    ]
+    # embedding_lr 0.02 rather than the online default 0.1 (tuned for drift): on this log it reached
+    # validation AUC 0.715 and logloss 0.605 against 0.712 and 0.608
+    spec = dict(
+        dim=16, user_rows=4096, item_rows=1024, feature_rows=512, hidden=(32,), cross_layers=1, cross_rank=4
+    )
+    ranker = NeuralRanker(**spec, embedding_lr=0.02, seed=0)
+    report = pretrain(ranker, log, epochs=10, batch_size=512, val_fraction=0.1, patience=2)
+    path = ranker.save_checkpoint(folder / "ranker.ckpt")
+    embeddings = FrozenEmbeddings.load(path, parts=("user",))
+    best = report.history[report.best_epoch - 1]
+    info = {
+        "logged_events": n_logged,
+        "spec": spec,
+        "epochs_run": report.epochs_run,
+        "best_epoch": report.best_epoch,
+        "val_auc": best["val_auc"],
+        "val_logloss": best["val_logloss"],
+        "seconds": time.perf_counter() - start,
+    }
+    return embeddings, info
+
+
+def hybrid_loop(n_requests: int, batch: int, dim: int, n_logged: int, drift: bool = False) -> dict:
+    """Features-only against hybrid contexts on the requests after a pretraining log (part 4).
+
+    With ``drift``, an abrupt preference drift and a popularity reshuffle hit halfway through the
+    closed loop (after the log): the frozen ranker's user embeddings go stale, and every policy
+    also runs discounted (``DRIFT_GAMMA``).
+    """
+    at = n_logged + n_requests // 2  # in events: the log came first
+    drifts = (Drift(at, "abrupt"), Drift(at, "popularity")) if drift else ()
+    config = SimConfig(seed=0, n_candidates=10, drifts=drifts)
+    with tempfile.TemporaryDirectory() as folder:
+        embeddings, info = pretrain_embeddings(config, n_logged, Path(folder))
+    print("pretrained", info, flush=True)
+    stream = _Stream(config, n_requests, batch, dim, skip=n_logged, embeddings=embeddings)
+    runs: dict[str, dict] = {"uniform": run_uniform(stream)}
+    runs["ranker greedy (frozen)"] = run_fixed(stream, stream.ranker_choice)
+    for kind in ("linucb", "diag_linucb"):
+        for gamma in (1.0, DRIFT_GAMMA[kind]) if drift else (1.0,):
+            suffix = f" γ={gamma}" if gamma < 1 else ""
+            for hybrid, name in ((False, kind + suffix), (True, f"{kind} + ranker embeddings{suffix}")):
+                runs[name] = run_policy(_make(kind, dim, gamma=gamma), stream, hybrid=hybrid)
+                print(name, {k: v for k, v in runs[name].items() if not k.startswith("_")}, flush=True)
+    lin, hyb = runs["linucb"], runs["linucb + ranker embeddings"]
+    out = {
+        "config": {
+            "requests": n_requests,
+            "batch": batch,
+            "dim": dim,
+            "candidates": 10,
+            "embedding_parts": list(embeddings.parts),
+            "embedding_slots": embeddings.width,
+            "skipped_requests": stream.skipped,
+            "drift_at_request": n_requests // 2 if drift else None,
+        },
+        "pretrain": info,
+        "runs": _public(runs),
+        "linucb_reward_ratio": hyb["cumulative_reward"] / lin["cumulative_reward"],
+    }
+    if drift:
+        out["reward_after_drift"] = {name: _after(run, n_requests // 2) for name, run in runs.items()}
+    return out
+
+
+def hybrid_both(n_requests: int, batch: int, dim: int, n_logged: int) -> dict:
+    """Part 4 on the stationary world and under drift."""
+    return {
+        "stationary": hybrid_loop(n_requests, batch, dim, n_logged),
+        "drift": hybrid_loop(n_requests, batch, dim, n_logged, drift=True),
+    }
+
+
+def _hybrid_table(result: dict) -> str:
+    rows = [{"policy": k, **v} for k, v in result["runs"].items()]
+    cols = [
+        ("policy", "policy"),
+        ("cumulative_reward", "reward"),
+        ("cumulative_regret", "regret"),
+        ("regret_first_half", "regret 1st half"),
+        ("regret_second_half", "regret 2nd half"),
+        ("select_s", "select s"),
+        ("update_s", "update s"),
+    ]
+    return table(rows, cols)
+
+
 def _after(run: dict, start: int) -> float:
     curve = run["_curve_reward"]
     return float((curve[-1] - curve[start - 1]) / (len(curve) - start))
@@ -301,7 +459,15 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--max-gb", type=float, default=4.0)
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--logged", type=int, default=200_000, help="pretraining log of part 4, in events")
+    ap.add_argument("--hybrid-only", action="store_true", help="run part 4 alone; print, write nothing")
     args = ap.parse_args()
+    if args.hybrid_only:
+        for name, result in hybrid_both(args.requests, args.batch, args.dim, args.logged).items():
+            print(name)
+            print(_hybrid_table(result))
+            print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2, default=float))
+        return
     payload: dict = {"blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
     if not args.skip_throughput:
         payload["throughput"] = throughput(args.max_gb)
@@ -336,6 +502,7 @@ def main() -> None:
         "runs": _public(drifting),
         "reward_after_drift": {name: _after(run, half) for name, run in drifting.items()},
     }
+    payload["hybrid"] = hybrid_both(args.requests, args.batch, args.dim, args.logged)
     path = save("bandits", payload)
     if "throughput" in payload:
         print(
@@ -367,6 +534,8 @@ def main() -> None:
     )
     print(payload["closed_loop"]["diag_vs_linucb"])
     print({k: round(v, 4) for k, v in payload["drift"]["reward_after_drift"].items()})
+    for result in payload["hybrid"].values():
+        print(_hybrid_table(result))
     print(f"wrote {path}")
 
 

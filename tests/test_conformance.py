@@ -50,10 +50,14 @@ class Case:
         return self.name or self.kind
 
 
+#: stands for the path of a small pretrain checkpoint, built once by the ``case`` fixture
+EMBEDDING_CHECKPOINT = "<embedding checkpoint>"
+
 CONFORMANCE_LEARNERS: list[Case] = [
     Case("ftrl", {"bits": 14, "alpha": 0.1}),
     Case("river:linear_model.LogisticRegression"),
     Case("linucb", {"dim": 8}),
+    Case("linucb", {"dim": 12, "embedding_checkpoint": EMBEDDING_CHECKPOINT}, name="linucb+embeddings"),
     Case("diag_linucb", {"dim": 8}),
     Case("linear_ts", {"dim": 8, "n_mc": 8}),
     Case("beta_ts", {"n_mc": 8}),
@@ -180,9 +184,25 @@ def _predict_in_fresh_process(state_dir: str, case_json: str, out: str) -> None:
 # ------------------------------------------------------------------------------------ the suite
 
 
+@pytest.fixture(scope="session")
+def embedding_checkpoint(tmp_path_factory) -> str:
+    """A small ranker pretrained on this module's stream, for cases with embedding contexts."""
+    from pipeline.features import Featurizer
+    from pipeline.learners.neural import NeuralRanker, pretrain
+
+    events, _ = decode_json(make_events(2 * N, seed=7), EventRules())
+    ranker = NeuralRanker(dim=4, user_rows=64, item_rows=32, feature_rows=32, hidden=(8,), cross_rank=2)
+    pretrain(ranker, [Featurizer().transform(events)], epochs=2, batch_size=100, val_fraction=0.0)
+    return str(ranker.save_checkpoint(tmp_path_factory.mktemp("conformance") / "ranker.ckpt"))
+
+
 @pytest.fixture(params=CONFORMANCE_LEARNERS, ids=lambda c: c.id)
 def case(request) -> Case:
-    return request.param
+    c = request.param
+    if EMBEDDING_CHECKPOINT in c.params.values():
+        path = request.getfixturevalue("embedding_checkpoint")
+        c = Case(c.kind, {k: path if v == EMBEDDING_CHECKPOINT else v for k, v in c.params.items()}, c.name)
+    return c
 
 
 def test_restore_in_fresh_process_predicts_identically(case: Case, tmp_path: Path):

@@ -29,14 +29,7 @@ from state.snapshot import SnapshotStore
 
 SMALL = dict(dim=8, user_rows=128, item_rows=64, feature_rows=64, hidden=(16,), cross_rank=4)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny matrices: one thread avoids pool overhead, and other suites share the machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def features(n: int, seed: int = 0, chunk: int = 250, **sim) -> list:

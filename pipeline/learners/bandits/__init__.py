@@ -6,7 +6,9 @@ decision comes with its propensity so that it can be logged and evaluated off-po
 (:mod:`pipeline.ope`). ``distribution`` gives a policy's top-1 choice as probabilities over the
 candidates (the target policy of off-policy evaluation, :mod:`.offpolicy`, used by
 ``streamlearn evaluate``), and ``gauges`` its arms, reward rate and running SNIPS value
-(:mod:`.monitor`).
+(:mod:`.monitor`). Contexts come from the event's features (:func:`context_vectors`) and,
+optionally, a pretrained neural ranker's embeddings (:func:`hybrid_contexts`, the policies'
+``embedding_checkpoint`` option: hybrid offline + online).
 """
 
 from __future__ import annotations
@@ -16,22 +18,26 @@ from collections.abc import Callable
 from pipeline.learners.bandits.arms import ArmTable
 from pipeline.learners.bandits.base import BanditPolicy, context_vectors
 from pipeline.learners.bandits.diag_linucb import DiagLinUCB
+from pipeline.learners.bandits.embeddings import EMBEDDING_PARTS, FrozenEmbeddings, hybrid_contexts
 from pipeline.learners.bandits.epsilon_greedy import EpsilonGreedy
 from pipeline.learners.bandits.kernels import top_k
 from pipeline.learners.bandits.linucb import LinUCB, RidgeArms
 from pipeline.learners.bandits.thompson import BetaThompson, LinearThompson, mc_propensities
 
 __all__ = [
+    "EMBEDDING_PARTS",
     "POLICIES",
     "ArmTable",
     "BanditPolicy",
     "BetaThompson",
     "DiagLinUCB",
     "EpsilonGreedy",
+    "FrozenEmbeddings",
     "LinUCB",
     "LinearThompson",
     "RidgeArms",
     "context_vectors",
+    "hybrid_contexts",
     "mc_propensities",
     "register_learners",
     "top_k",

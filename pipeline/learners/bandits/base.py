@@ -39,6 +39,7 @@ from pipeline.features import FeatureBatch
 from pipeline.learners.bandits import persist
 from pipeline.learners.bandits.arms import ArmTable, grow_rows
 from pipeline.learners.bandits.contexts import context_vectors
+from pipeline.learners.bandits.embeddings import FrozenEmbeddings, check_parts
 from pipeline.learners.bandits.kernels import from_column, row_chunks
 from pipeline.learners.bandits.monitor import PolicyMonitor
 from pipeline.learners.base import Policy, StateBundle
@@ -71,12 +72,39 @@ class BanditPolicy(Policy):
         sequence of calls; the generator's state is part of the snapshot).
     exclude_features, include_user
         How :meth:`predict` / :meth:`learn` build contexts (see :func:`context_vectors`).
+    embedding_checkpoint, embedding_parts
+        Hybrid offline + online contexts (:mod:`.embeddings`): with the path of a ``streamlearn
+        pretrain`` checkpoint, the last ``len(embedding_parts) x`` the ranker's ``dim`` slots of
+        every context are the frozen ranker's embeddings (``"user"``, ``"item"``,
+        ``"user_x_item"``, each scaled to unit RMS norm) and the features fill the first ones;
+        ``dim`` must leave at least 2 slots for them. See "Embedding contexts" below.
     importance_weighting
         In :meth:`learn`, weight each event by ``1 / propensity`` of the logging policy (events
         without a propensity get weight 1), clipped at ``max_weight``.
     gauge_window
         Events over which :meth:`gauges` reports the reward rate and the running SNIPS estimate
         (0 turns the estimate off, and with it its cost in :meth:`learn`).
+
+    Embedding contexts
+    ------------------
+    The checkpoint is read once (``weights_only``), the ranker is frozen, and only the path, the
+    parts and the file's SHA-256 go into snapshots: the file must stay available (at that path or
+    another given on restart), and a snapshot restored with other parts or another checkpoint file
+    is refused, since the learned statistics live in that embedding space.
+
+    The policies here fit one model per arm (LinUCB, Diag-LinUCB, linear Thompson sampling,
+    ε-greedy). For such disjoint models the item's own embedding is the same for every event of an
+    arm, so ``"item"`` only adds a per-arm bias; ``"user"`` (the default) is the useful part: arm
+    a learns ``θ_a · e_user``, a per-item direction in the offline user space. ``"user_x_item"``
+    (``diag(v_a) e_user`` for arm a) spans the same functions per arm but reshapes the ridge prior:
+    coordinates where the item's embedding is large are shrunk less, so an arm learns first along
+    the directions the offline model uses for that item (``θ_a = 1`` is the offline ``u · v``
+    term). Item-dependent parts
+    describe the event's own item: they suit :meth:`predict` / :meth:`learn`, but :meth:`select`
+    and :meth:`distribution` score every candidate with one context per request, so decisions
+    (and the gauges' value estimate) should use ``"user"`` only. The array API is unchanged:
+    callers pass their own contexts (:func:`~.embeddings.hybrid_contexts` builds them).
+    Context-free policies (Beta Thompson sampling) take no context and no checkpoint.
     """
 
     kind = "bandit"
@@ -93,6 +121,8 @@ class BanditPolicy(Policy):
         importance_weighting: bool = False,
         max_weight: float = 100.0,
         gauge_window: int = 10_000,
+        embedding_checkpoint: str | None = None,
+        embedding_parts: Sequence[str] = ("user",),
         name: str | None = None,
     ):
         super().__init__(name)
@@ -114,6 +144,22 @@ class BanditPolicy(Policy):
         ):
             raise ValueError(f"gauge_window must be an integer >= 0, got {gauge_window!r}")
         self.gauge_window = int(gauge_window)
+        self.embedding_parts = check_parts(embedding_parts)
+        self.embedding_checkpoint = None if embedding_checkpoint is None else str(embedding_checkpoint)
+        self._embeddings: FrozenEmbeddings | None = None
+        if self.embedding_checkpoint is not None:
+            if not self.uses_context:
+                raise ValueError(
+                    f"embedding_checkpoint needs a contextual policy; {type(self).__name__} has none"
+                )
+            self._embeddings = FrozenEmbeddings.load(self.embedding_checkpoint, self.embedding_parts)
+            width = self._embeddings.width
+            if self.dim - width < 2:
+                raise ValueError(
+                    f"dim={self.dim} leaves {self.dim - width} context slots for features next to "
+                    f"embedding_parts={list(self.embedding_parts)} of width {width} (ranker dim "
+                    f"{self._embeddings.ranker.spec.dim} each); dim must be >= {width + 2}"
+                )
         self._monitor = PolicyMonitor(max(self.gauge_window, 1))
         self._rng = np.random.default_rng(seed)
         self._arms = ArmTable()
@@ -346,10 +392,20 @@ class BanditPolicy(Policy):
 
     # -- Learner API ---------------------------------------------------------------------------------------
     def batch_contexts(self, batch: FeatureBatch) -> np.ndarray:
-        """The ``[n, dim]`` contexts this policy builds from a batch (``[n, 0]`` if it ignores context)."""
+        """The ``[n, dim]`` contexts this policy builds from a batch (``[n, 0]`` if it ignores context):
+        :func:`context_vectors`, or with ``embedding_checkpoint`` :func:`~.embeddings.hybrid_contexts`."""
         if not self.uses_context:
             return np.zeros((len(batch), 0))
+        if self._embeddings is not None:
+            return self._embeddings.contexts(batch, self.dim, self.exclude_features, self.include_user)
         return context_vectors(batch, self.dim, self.exclude_features, self.include_user)
+
+    def embedding_meta(self) -> dict[str, Any] | None:
+        """What a snapshot records of the embedding contexts (None without a checkpoint)."""
+        if self._embeddings is None:
+            return None
+        e = self._embeddings
+        return {"checkpoint": self.embedding_checkpoint, "parts": list(e.parts), "sha256": e.sha256}
 
     def predict(self, batch: FeatureBatch) -> np.ndarray:
         """Estimated reward of each event's (context, item), clipped to [0, 1].

@@ -31,6 +31,12 @@ from pipeline.learners.bandits.kernels import one_hot, top_k
 __all__ = ["DiagLinUCB"]
 
 
+def _embedding_space(policy: BanditPolicy) -> tuple | None:
+    """The context space's identity: embedding parts and checkpoint digest (the path may differ)."""
+    meta = policy.embedding_meta()
+    return None if meta is None else (tuple(meta["parts"]), meta["sha256"])
+
+
 class DiagLinUCB(BanditPolicy):
     """Diagonal LinUCB; deterministic top-k (propensity 1), ties to the lower candidate position.
 
@@ -42,6 +48,9 @@ class DiagLinUCB(BanditPolicy):
         Width of the confidence bound (>= 0).
     lam
         Initial value of every ``d`` (> 0), the diagonal ridge prior.
+    embedding_checkpoint, embedding_parts
+        Hybrid contexts with a pretrained ranker's embeddings (None: features only); see
+        :class:`~pipeline.learners.bandits.base.BanditPolicy`, "Embedding contexts".
     gamma, seed, exclude_features, include_user, importance_weighting, max_weight, gauge_window, name
         See :class:`~pipeline.learners.bandits.base.BanditPolicy`. Discounting moves ``d``
         towards λ and ``b`` towards 0; merging discounted workers is then only approximate.
@@ -61,6 +70,8 @@ class DiagLinUCB(BanditPolicy):
         importance_weighting: bool = False,
         max_weight: float = 100.0,
         gauge_window: int = 10_000,
+        embedding_checkpoint: str | None = None,
+        embedding_parts: Sequence[str] = ("user",),
         name: str | None = None,
     ):
         super().__init__(
@@ -72,6 +83,8 @@ class DiagLinUCB(BanditPolicy):
             importance_weighting=importance_weighting,
             max_weight=max_weight,
             gauge_window=gauge_window,
+            embedding_checkpoint=embedding_checkpoint,
+            embedding_parts=embedding_parts,
             name=name,
         )
         if not (isinstance(alpha, (int, float)) and np.isfinite(alpha) and alpha >= 0):
@@ -157,10 +170,14 @@ class DiagLinUCB(BanditPolicy):
                 raise ValueError(
                     f"workers[{i}] must be a {cls.__name__} with dim={first.dim} and lam={first.lam}"
                 )
+            if _embedding_space(w) != _embedding_space(first):
+                raise ValueError(f"workers[{i}] has other embedding contexts than workers[0]")
         out = first.clone()
         if base is not None:
             if base.dim != first.dim or base.lam != first.lam:
                 raise ValueError(f"base must have dim={first.dim} and lam={first.lam}")
+            if _embedding_space(base) != _embedding_space(first):
+                raise ValueError("base has other embedding contexts than the workers")
             out.load_state(base.state())
         for w in workers:
             out._absorb(w, base)

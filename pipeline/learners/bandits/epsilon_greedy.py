@@ -38,6 +38,9 @@ class EpsilonGreedy(RidgeArms):
         Exploration probability in [0, 1].
     lam
         Ridge prior of a new arm (> 0).
+    embedding_checkpoint, embedding_parts
+        Hybrid contexts with a pretrained ranker's embeddings (None: features only); see
+        :class:`~pipeline.learners.bandits.base.BanditPolicy`, "Embedding contexts".
     gamma, seed, exclude_features, include_user, importance_weighting, max_weight, gauge_window, name
         See :class:`~pipeline.learners.bandits.base.BanditPolicy`.
     """
@@ -56,6 +59,8 @@ class EpsilonGreedy(RidgeArms):
         importance_weighting: bool = False,
         max_weight: float = 100.0,
         gauge_window: int = 10_000,
+        embedding_checkpoint: str | None = None,
+        embedding_parts: Sequence[str] = ("user",),
         name: str | None = None,
     ):
         super().__init__(
@@ -68,6 +73,8 @@ class EpsilonGreedy(RidgeArms):
             importance_weighting=importance_weighting,
             max_weight=max_weight,
             gauge_window=gauge_window,
+            embedding_checkpoint=embedding_checkpoint,
+            embedding_parts=embedding_parts,
             name=name,
         )
         if not (isinstance(epsilon, (int, float)) and 0 <= epsilon <= 1):

@@ -163,6 +163,9 @@ class LinUCB(RidgeArms):
         Width of the confidence bound (>= 0).
     lam
         Ridge prior of a new arm (> 0).
+    embedding_checkpoint, embedding_parts
+        Hybrid contexts with a pretrained ranker's embeddings (None: features only); see
+        :class:`~pipeline.learners.bandits.base.BanditPolicy`, "Embedding contexts".
     gamma, seed, exclude_features, include_user, importance_weighting, max_weight, gauge_window, name
         See :class:`~pipeline.learners.bandits.base.BanditPolicy`.
     """
@@ -181,6 +184,8 @@ class LinUCB(RidgeArms):
         importance_weighting: bool = False,
         max_weight: float = 100.0,
         gauge_window: int = 10_000,
+        embedding_checkpoint: str | None = None,
+        embedding_parts: Sequence[str] = ("user",),
         name: str | None = None,
     ):
         super().__init__(
@@ -193,6 +198,8 @@ class LinUCB(RidgeArms):
             importance_weighting=importance_weighting,
             max_weight=max_weight,
             gauge_window=gauge_window,
+            embedding_checkpoint=embedding_checkpoint,
+            embedding_parts=embedding_parts,
             name=name,
         )
         if not (isinstance(alpha, (int, float)) and np.isfinite(alpha) and alpha >= 0):

@@ -6,7 +6,11 @@
   (:mod:`.monitor`), so that a restored worker reports over the same events; absent when the
   gauges are off, and tolerated as absent on load (older snapshots);
 * ``meta``: the class, constructor parameters, number of updates, events learned and the exact
-  state of the policy's random generator (as strings, since it exceeds JSON's integers).
+  state of the policy's random generator (as strings, since it exceeds JSON's integers); with
+  embedding contexts also ``embedding``: the checkpoint's path, the parts and the file's SHA-256.
+  The checkpoint itself is not copied: it must stay available. Restoring into a policy whose
+  embedding configuration differs (none vs some, other parts, another file) is refused; the path
+  may differ if the file is the same (a moved checkpoint).
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ def state_bundle(policy: BanditPolicy) -> StateBundle:
         },
         "rng_extra": [int(rng["has_uint32"]), int(rng["uinteger"])],
     }
+    embedding = policy.embedding_meta()
+    if embedding is not None:
+        meta["embedding"] = embedding
     tables = {"arms": pa.table(cols)}
     if policy.gauge_window:
         tables.update(policy._monitor.tables())
@@ -66,6 +73,7 @@ def load_bundle(policy: BanditPolicy, bundle: StateBundle) -> None:
         raise SnapshotError(
             f"state meta params 'dim' is {meta['params']['dim']}, this policy has dim={policy.dim}"
         )
+    _check_embedding(policy, meta)
     if "arms" not in bundle.tables:
         raise SnapshotError("state has no 'arms' table")
     table = bundle.tables["arms"]
@@ -90,3 +98,28 @@ def load_bundle(policy: BanditPolicy, bundle: StateBundle) -> None:
         "has_uint32": meta["rng_extra"][0],
         "uinteger": meta["rng_extra"][1],
     }
+
+
+def _check_embedding(policy: BanditPolicy, meta: dict) -> None:
+    """Refuse a state learned in another context space than ``policy``'s (see the module docstring)."""
+    saved, mine = meta.get("embedding"), policy.embedding_meta()
+    if saved is None and mine is None:
+        return
+    if saved is None or mine is None:
+        had = (
+            "without embedding contexts"
+            if saved is None
+            else f"with embedding_checkpoint {saved.get('checkpoint')!r}"
+        )
+        has = "none" if mine is None else f"embedding_checkpoint {mine['checkpoint']!r}"
+        raise SnapshotError(f"state was learned {had}; this policy has {has}: its statistics do not apply")
+    if list(saved.get("parts", [])) != mine["parts"]:
+        raise SnapshotError(
+            f"state was learned with embedding_parts={saved.get('parts')}, this policy has {mine['parts']}"
+        )
+    if saved.get("sha256") != mine["sha256"]:
+        raise SnapshotError(
+            f"state was learned with embeddings from checkpoint {saved.get('checkpoint')!r} (sha256 "
+            f"{str(saved.get('sha256'))[:12]}...), but embedding_checkpoint {mine['checkpoint']!r} is a "
+            f"different file (sha256 {mine['sha256'][:12]}...)"
+        )

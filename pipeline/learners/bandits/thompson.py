@@ -100,6 +100,9 @@ class LinearThompson(RidgeArms):
         Ridge prior of a new arm (> 0).
     n_mc
         Monte-Carlo draws per decision for the propensity (see the module docstring).
+    embedding_checkpoint, embedding_parts
+        Hybrid contexts with a pretrained ranker's embeddings (None: features only); see
+        :class:`~pipeline.learners.bandits.base.BanditPolicy`, "Embedding contexts".
     gamma, seed, exclude_features, include_user, importance_weighting, max_weight, gauge_window, name
         See :class:`~pipeline.learners.bandits.base.BanditPolicy`.
     """
@@ -119,6 +122,8 @@ class LinearThompson(RidgeArms):
         importance_weighting: bool = False,
         max_weight: float = 100.0,
         gauge_window: int = 10_000,
+        embedding_checkpoint: str | None = None,
+        embedding_parts: Sequence[str] = ("user",),
         name: str | None = None,
     ):
         super().__init__(
@@ -131,6 +136,8 @@ class LinearThompson(RidgeArms):
             importance_weighting=importance_weighting,
             max_weight=max_weight,
             gauge_window=gauge_window,
+            embedding_checkpoint=embedding_checkpoint,
+            embedding_parts=embedding_parts,
             name=name,
         )
         if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):

@@ -263,6 +263,47 @@ class NeuralRanker(Learner):
         with torch.no_grad():
             return self._model.representation(self._rows(self._hash(batch, grow=False))).numpy()
 
+    def embeddings(self, batch: FeatureBatch) -> tuple[np.ndarray, np.ndarray]:
+        """The user and the item embedding of every event, from the current weights.
+
+        Nothing is admitted or learned: an id without a row of its own gets the shared unknown-id
+        row (row 0), exactly as :meth:`predict` sees it. Under ``double_hash`` vocabularies an
+        embedding is the sum of the id's two bucket rows, as in the model's input.
+
+        Parameters
+        ----------
+        batch
+            The featurised micro-batch (only its user and item hashes are read).
+
+        Returns
+        -------
+        user, item
+            ``[n, spec.dim]`` float32 arrays each (new arrays: later learning leaves them alone).
+
+        Examples
+        --------
+        >>> from pipeline.events import decode_json, EventRules
+        >>> from pipeline.features import Featurizer
+        >>> raw = [b'{"event_id":"e%d","ts":%d,"user_id":"u%d","item_id":"i0","label":1}' % (i, i, i)
+        ...        for i in range(3)]
+        >>> fb = Featurizer().transform(decode_json(raw, EventRules())[0])
+        >>> model = NeuralRanker(dim=4, user_rows=8, item_rows=8, feature_rows=8, hidden=(8,))
+        >>> user, item = model.embeddings(fb)  # nothing learned yet: every id is unknown
+        >>> user.shape, user.dtype, bool((user == model._model.user.weight[0].detach().numpy()).all())
+        ((3, 4), dtype('float32'), True)
+        """
+        d = self._spec.dim
+        if len(batch) == 0:
+            return np.zeros((0, d), np.float32), np.zeros((0, d), np.float32)
+        out = []
+        with torch.no_grad():
+            for table, keys in (("user", batch.user_hash), ("item", batch.item_hash)):
+                rows = torch.from_numpy(self._vocabs[table].lookup(np.asarray(keys, np.uint64)))
+                out.append(
+                    getattr(self._model, table)(rows).numpy()
+                )  # a new tensor, not a view of the weights
+        return out[0], out[1]
+
     def predict_with_representation(self, batch: FeatureBatch) -> tuple[np.ndarray, np.ndarray]:
         """``(predict(batch), representation(batch))`` from one forward pass (an error memory's key and score)."""
         if len(batch) == 0:
