@@ -81,7 +81,7 @@ class ErrorMemoryLearner(Learner):
     min_count
         Buckets with ``count <= min_count`` are empty.
     confidence
-        ``z`` of the significance gate (0 = off; default one standard error): each estimated error is shrunk by
+        ``z`` of the significance gate (0 = off; default half a standard error): each estimated error is shrunk by
         ``max(0, 1 - z² SE² / y_err²)``, so that the noise of thinly supported buckets is not
         added to the predictions on stationary stretches while a real shift (an error many standard
         errors from zero) passes almost whole.
@@ -115,7 +115,7 @@ class ErrorMemoryLearner(Learner):
         gamma: float = 0.0,
         decay: float = 0.98,
         min_count: float = 0.0,
-        confidence: float = 1.0,
+        confidence: float = 0.5,
         center: bool = True,
         key_dim: int = 16,
         key_fields: dict[str, float] | None = None,
