@@ -23,7 +23,8 @@
 Usage: ``python benchmarks/bandits.py [--requests N] [--skip-throughput]`` (the latter keeps the
 throughput table of the previous results file); writes
 ``benchmarks/results/bandits.json`` and ``bandits_regret.png`` / ``bandits_drift.png`` beside it.
-``--hybrid-only`` runs part 4 alone and prints its table and JSON without writing results.
+``--hybrid-only`` runs part 4 alone, prints its table and JSON, and replaces the ``hybrid`` part of
+``results/bandits.json`` (the other parts are kept as they were measured).
 BLAS runs single-threaded (``OPENBLAS_NUM_THREADS=1`` unless set) so timings do not depend on
 what else the machine runs.
 """
@@ -460,13 +461,24 @@ def main() -> None:
     ap.add_argument("--max-gb", type=float, default=4.0)
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--logged", type=int, default=200_000, help="pretraining log of part 4, in events")
-    ap.add_argument("--hybrid-only", action="store_true", help="run part 4 alone; print, write nothing")
+    ap.add_argument(
+        "--hybrid-only",
+        action="store_true",
+        help="run part 4 alone; print it and replace the 'hybrid' part of the saved results",
+    )
     args = ap.parse_args()
     if args.hybrid_only:
-        for name, result in hybrid_both(args.requests, args.batch, args.dim, args.logged).items():
+        hybrid = hybrid_both(args.requests, args.batch, args.dim, args.logged)
+        for name, result in hybrid.items():
             print(name)
             print(_hybrid_table(result))
             print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2, default=float))
+        saved = RESULTS / "bandits.json"
+        if saved.exists():
+            payload = json.loads(saved.read_text())
+            payload.pop("machine", None)
+            payload["hybrid"] = hybrid
+            print(f"saved {save('bandits', payload)}")
         return
     payload: dict = {"blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
     if not args.skip_throughput:
