@@ -26,8 +26,8 @@ at half a standard error (``confidence = 0.5``, the learner's default). For ever
 2. **The paper's protocol** (abrupt stream, the default and the user x category memories): chronological slots; slot 0 trains the base; slot t is scored by the
    base as it stands (``fixed``: trained on slot 0 only; ``incremental``: one more pass over every
    earlier slot) and by base + a memory written from slots 1..t-1 with the predictions served then.
-3. **Cost**: steady-state µs per event of the base alone and of both wrappers (predict + learn over
-   the first 40k events in batches of each ``--cost-batch``, 2,000 (the runner's default) and 5,000; a quarter of
+3. **Cost**: steady-state µs per event of the base alone and of each wrapper (predict + learn over
+   the first 120k events in batches of each ``--cost-batch``, 2,000 (the runner's default) and 5,000; a quarter of
    them warms both up, the rest is timed in alternating runs, best of ``--repeats``), BLAS and
    torch on one thread.
 
@@ -385,7 +385,7 @@ def time_base(base: str, args: argparse.Namespace, cost_rows: list[dict]) -> dic
     """:func:`cost` at every ``--cost-batch``; appends the summary rows to ``cost_rows``."""
     out = {}
     for size in args.cost_batch:
-        timing = cost(base, stream(args.seeds[0], min(args.events, 40_000), size)[0], 0, args.repeats)
+        timing = cost(base, stream(args.seeds[0], min(args.events, 120_000), size)[0], 0, args.repeats)
         out[size] = timing
         cost_rows.append({"learner": base, "batch": size, **timing})
     return out
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=5000)
     parser.add_argument("--step", type=int, default=1000)
     parser.add_argument("--slots", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--cost-batch", type=int, nargs="+", default=[2000, 5000], help="batch sizes of the cost runs"
     )
