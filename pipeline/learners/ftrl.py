@@ -80,11 +80,6 @@ class FTRL(Learner):
         self._z = np.zeros(1 << bits, dtype=np.float64)
         self._n = np.zeros(1 << bits, dtype=np.float64)
 
-    def params(self) -> dict:
-        p = super().params()
-        p["name"] = self.name
-        return p
-
     def _weights(self, slots: np.ndarray) -> np.ndarray:
         z = self._z[slots]
         n = self._n[slots]

@@ -148,11 +148,6 @@ class ErrorMemoryLearner(Learner):
         self._served: tuple[FeatureBatch, Served] | None = None  # the last predicted batch, for its learn
         self._last_abs_comp = 0.0
 
-    def params(self) -> dict[str, Any]:
-        p = super().params()
-        p["name"] = self.name
-        return p
-
     # ------------------------------------------------------------------------------ parts
     @property
     def base_learner(self) -> Learner:

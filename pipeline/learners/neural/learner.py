@@ -207,11 +207,6 @@ class NeuralRanker(Learner):
             self._model, self.optimizer, self.lr, self.embedding_lr
         )
 
-    def params(self) -> dict[str, Any]:
-        p = super().params()
-        p["name"] = self.name
-        return p
-
     @property
     def spec(self) -> RankerSpec:
         """The architecture in use (from the constructor arguments or the checkpoint)."""
