@@ -32,15 +32,9 @@ import numpy as np
 
 from pipeline.features import FeatureBatch
 from pipeline.learners.base import Learner, StateBundle
+from pipeline.learners.checks import integer, number
 
 __all__ = ["FTRL"]
-
-
-def _positive(name: str, value: float, allow_zero: bool = False) -> float:
-    value = float(value)
-    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return value
 
 
 class FTRL(Learner):
@@ -70,13 +64,11 @@ class FTRL(Learner):
         name: str | None = None,
     ):
         super().__init__(name)
-        self.alpha = _positive("alpha", alpha)
-        self.beta = _positive("beta", beta, allow_zero=True)
-        self.l1 = _positive("l1", l1, allow_zero=True)
-        self.l2 = _positive("l2", l2, allow_zero=True)
-        if not isinstance(bits, int) or not 4 <= bits <= 30:
-            raise ValueError(f"bits must be an integer in [4, 30], got {bits!r}")
-        self.bits = bits
+        self.alpha = number("alpha", alpha, 0.0, low_open=True)
+        self.beta = number("beta", beta, 0.0)
+        self.l1 = number("l1", l1, 0.0)
+        self.l2 = number("l2", l2, 0.0)
+        self.bits = integer("bits", bits, 4, 30)
         self._z = np.zeros(1 << bits, dtype=np.float64)
         self._n = np.zeros(1 << bits, dtype=np.float64)
 

@@ -43,6 +43,7 @@ from pipeline.learners.bandits.embeddings import FrozenEmbeddings, check_parts
 from pipeline.learners.bandits.kernels import from_column, row_chunks
 from pipeline.learners.bandits.monitor import PolicyMonitor
 from pipeline.learners.base import Policy, StateBundle
+from pipeline.learners.checks import integer, number
 from pipeline.ope import SNIPS
 
 __all__ = ["BanditPolicy", "context_vectors"]
@@ -50,12 +51,6 @@ __all__ = ["BanditPolicy", "context_vectors"]
 #: mixed into the seed of the generators that evaluation uses, so that it never draws from the
 #: policy's own decision stream
 _EVAL_SALT = 0x5EED_0BE
-
-
-def _positive(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 class BanditPolicy(Policy):
@@ -126,24 +121,14 @@ class BanditPolicy(Policy):
         name: str | None = None,
     ):
         super().__init__(name)
-        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
-        if not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
-            raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
-        self.dim = int(dim)
-        self.gamma = float(gamma)
+        self.dim = integer("dim", dim, 1)
+        self.gamma = number("gamma", gamma, 0.0, 1.0, low_open=True)
         self.seed = seed
         self.exclude_features = tuple(exclude_features)
         self.include_user = bool(include_user)
         self.importance_weighting = bool(importance_weighting)
-        self.max_weight = _positive("max_weight", max_weight)
-        if (
-            not isinstance(gauge_window, (int, np.integer))
-            or isinstance(gauge_window, bool)
-            or gauge_window < 0
-        ):
-            raise ValueError(f"gauge_window must be an integer >= 0, got {gauge_window!r}")
-        self.gauge_window = int(gauge_window)
+        self.max_weight = number("max_weight", max_weight, 0.0, low_open=True)
+        self.gauge_window = integer("gauge_window", gauge_window, 0)
         self.embedding_parts = check_parts(embedding_parts)
         self.embedding_checkpoint = None if embedding_checkpoint is None else str(embedding_checkpoint)
         self._embeddings: FrozenEmbeddings | None = None

@@ -25,8 +25,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.learners.bandits.arms import grow_rows
-from pipeline.learners.bandits.base import BanditPolicy, _positive
+from pipeline.learners.bandits.base import BanditPolicy
 from pipeline.learners.bandits.kernels import one_hot, top_k
+from pipeline.learners.checks import number
 
 __all__ = ["DiagLinUCB"]
 
@@ -87,10 +88,8 @@ class DiagLinUCB(BanditPolicy):
             embedding_parts=embedding_parts,
             name=name,
         )
-        if not (isinstance(alpha, (int, float)) and np.isfinite(alpha) and alpha >= 0):
-            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-        self.alpha = float(alpha)
-        self.lam = _positive("lam", lam)
+        self.alpha = number("alpha", alpha, 0.0)
+        self.lam = number("lam", lam, 0.0, low_open=True)
         self._d = np.zeros((0, self.dim))
         self._b = np.zeros((0, self.dim))
         # derived from d and b by the same elementwise formula everywhere (bitwise reproducible)

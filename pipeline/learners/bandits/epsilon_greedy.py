@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline.learners.bandits.kernels import one_hot, top_k
 from pipeline.learners.bandits.linucb import RidgeArms
+from pipeline.learners.checks import number
 
 __all__ = ["EpsilonGreedy"]
 
@@ -77,9 +78,7 @@ class EpsilonGreedy(RidgeArms):
             embedding_parts=embedding_parts,
             name=name,
         )
-        if not (isinstance(epsilon, (int, float)) and 0 <= epsilon <= 1):
-            raise ValueError(f"epsilon must be in [0, 1], got {epsilon!r}")
-        self.epsilon = float(epsilon)
+        self.epsilon = number("epsilon", epsilon, 0.0, 1.0)
 
     def _decide(self, X: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         mean, _ = self._mean_var(X, rows, need_var=False)

@@ -27,8 +27,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.learners.bandits.arms import grow_rows
-from pipeline.learners.bandits.base import BanditPolicy, _positive
+from pipeline.learners.bandits.base import BanditPolicy
 from pipeline.learners.bandits.kernels import BUDGET, one_hot, row_chunks, top_k
+from pipeline.learners.checks import number
 
 __all__ = ["LinUCB", "RidgeArms"]
 
@@ -46,7 +47,7 @@ class RidgeArms(BanditPolicy):
 
     def __init__(self, dim: int, lam: float = 1.0, gamma: float = 1.0, seed: int = 0, **kwargs):
         super().__init__(dim, gamma=gamma, seed=seed, **kwargs)
-        self.lam = _positive("lam", lam)
+        self.lam = number("lam", lam, 0.0, low_open=True)
         self._A = np.zeros((0, self.dim, self.dim))
         self._A_inv = np.zeros((0, self.dim, self.dim))
         self._b = np.zeros((0, self.dim))
@@ -202,9 +203,7 @@ class LinUCB(RidgeArms):
             embedding_parts=embedding_parts,
             name=name,
         )
-        if not (isinstance(alpha, (int, float)) and np.isfinite(alpha) and alpha >= 0):
-            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = number("alpha", alpha, 0.0)
 
     def _scores(self, X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(upper confidence bounds, means)``, both ``[n, m]``."""

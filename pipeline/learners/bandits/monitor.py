@@ -41,6 +41,7 @@ import pyarrow as pa
 
 from pipeline.errors import SnapshotError
 from pipeline.features import FeatureBatch
+from pipeline.learners.checks import integer
 from pipeline.ope import SNIPS, LoggedBandit, OffPolicyEstimator
 
 if TYPE_CHECKING:
@@ -62,9 +63,7 @@ class PolicyMonitor:
     """Recent rewards and evaluated rounds of one policy (see the module docstring)."""
 
     def __init__(self, window: int):
-        if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
-            raise ValueError(f"gauge_window must be an integer >= 1, got {window!r}")
-        self.window = int(window)
+        self.window = integer("gauge_window", window, 1)
         #: events learned so far (the index the next learned event will have)
         self.learned = 0
         self._rewards = np.zeros(0)

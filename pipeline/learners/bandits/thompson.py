@@ -28,9 +28,10 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.learners.bandits.arms import grow_rows
-from pipeline.learners.bandits.base import BanditPolicy, _positive
+from pipeline.learners.bandits.base import BanditPolicy
 from pipeline.learners.bandits.kernels import BUDGET, top_k
 from pipeline.learners.bandits.linucb import RidgeArms
+from pipeline.learners.checks import integer, number
 
 __all__ = ["BetaThompson", "LinearThompson", "mc_choice_probabilities", "mc_propensities"]
 
@@ -79,9 +80,7 @@ def _draws(policy_n_mc: int, n_mc: int | None) -> int:
 
 
 def _check_n_mc(n_mc) -> int:
-    if not isinstance(n_mc, (int, np.integer)) or isinstance(n_mc, bool) or n_mc < 0:
-        raise ValueError(f"n_mc must be an integer >= 0, got {n_mc!r}")
-    return int(n_mc)
+    return integer("n_mc", n_mc, 0)
 
 
 class LinearThompson(RidgeArms):
@@ -140,9 +139,7 @@ class LinearThompson(RidgeArms):
             embedding_parts=embedding_parts,
             name=name,
         )
-        if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
-            raise ValueError(f"v must be a finite number >= 0, got {v!r}")
-        self.v = float(v)
+        self.v = number("v", v, 0.0)
         self.n_mc = _check_n_mc(n_mc)
 
     def _decide(self, X: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -208,8 +205,8 @@ class BetaThompson(BanditPolicy):
             gauge_window=gauge_window,
             name=name,
         )
-        self.alpha_prior = _positive("alpha_prior", alpha_prior)
-        self.beta_prior = _positive("beta_prior", beta_prior)
+        self.alpha_prior = number("alpha_prior", alpha_prior, 0.0, low_open=True)
+        self.beta_prior = number("beta_prior", beta_prior, 0.0, low_open=True)
         self.n_mc = _check_n_mc(n_mc)
         self._alpha = np.zeros(0)
         self._beta = np.zeros(0)

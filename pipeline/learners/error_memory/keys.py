@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from pipeline.features import FeatureBatch
 from pipeline.hashing import combine, hash_one, hash_strings
+from pipeline.learners.checks import number
 
 __all__ = [
     "KeyCenter",
@@ -115,11 +116,9 @@ def check_key_fields(key_fields: Mapping[str, float] | None) -> dict[str, float]
                 f"key_fields: {name!r} is not a field name ('item_id', 'category') or a cross of two "
                 "('user_id:category')"
             )
-        ok = isinstance(weight, (int, float)) and not isinstance(weight, bool) and np.isfinite(weight)
-        if not ok or weight < 0:
-            raise ValueError(f"key_fields[{name!r}] must be a finite number >= 0, got {weight!r}")
+        weight = number(f"key_fields[{name!r}]", weight, 0.0)
         if weight:
-            out[name] = float(weight)
+            out[name] = weight
     return out
 
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from pipeline.features import FeatureBatch
 from pipeline.learners.base import Learner, StateBundle
+from pipeline.learners.checks import integer
 from pipeline.learners.error_memory.keys import KeyCenter, SimHash, check_key_fields, field_keys, hashed_keys
 from pipeline.learners.error_memory.memory import ErrorMemory
 
@@ -126,11 +127,8 @@ class ErrorMemoryLearner(Learner):
 
         if not isinstance(base, str) or not base or base == self.kind:
             raise ValueError(f"base must be the kind of another learner (e.g. 'ftrl'), got {base!r}")
-        if not isinstance(key_dim, (int, np.integer)) or not 1 <= key_dim <= 4096:
-            raise ValueError(f"key_dim must be an integer in [1, 4096], got {key_dim!r}")
         fields = check_key_fields(key_fields)
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        key_dim, seed = integer("key_dim", key_dim, 1, 4096), integer("seed", seed, 0)
         super().__init__(name or f"{self.kind}({base})")
         self.base = base
         self.base_params = dict(base_params or {})
@@ -140,7 +138,7 @@ class ErrorMemoryLearner(Learner):
         self.confidence = confidence
         if not isinstance(center, bool):
             raise ValueError(f"center must be true or false, got {center!r}")
-        self.center, self.key_dim, self.seed = center, int(key_dim), int(seed)
+        self.center, self.key_dim, self.seed = center, key_dim, seed
         self.key_fields = fields
         self._base = build_learner(base, name=f"{self.name}.base", params=self.base_params)
         self._lsh: SimHash | None = None

@@ -41,20 +41,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.learners.checks import integer, number
+
 __all__ = ["ErrorMemory"]
 
 #: the stored sums are the true ones over the running product of decays; below this product it is
 #: folded back in (every 6,900 batches at decay 0.95), far from where 1 / product would overflow
 _RESCALE_BELOW = 1e-150
-
-
-def _finite(name: str, value: float, low: float, high: float, low_open: bool = False) -> float:
-    value = float(value)
-    ok = np.isfinite(value) and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
-        raise ValueError(f"{name} must be in {bound}, got {value!r}")
-    return value
 
 
 class ErrorMemory:
@@ -95,17 +88,13 @@ class ErrorMemory:
         min_count: float = 0.0,
         confidence: float = 0.0,
     ):
-        if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 24:
-            raise ValueError(f"bits must be an integer in [1, 24], got {bits!r}")
-        if not isinstance(tables, (int, np.integer)) or not 1 <= tables <= 256:
-            raise ValueError(f"tables must be an integer in [1, 256], got {tables!r}")
-        self.bits, self.tables = int(bits), int(tables)
-        self.tau = _finite("tau", tau, 0.0, np.inf, low_open=True)
-        self.lam = _finite("lam", lam, 0.0, 1.0)
-        self.gamma = _finite("gamma", gamma, 0.0, 1.0)
-        self.decay = _finite("decay", decay, 0.0, 1.0, low_open=True)
-        self.min_count = _finite("min_count", min_count, 0.0, np.inf)
-        self.confidence = _finite("confidence", confidence, 0.0, 100.0)
+        self.bits, self.tables = integer("bits", bits, 1, 24), integer("tables", tables, 1, 256)
+        self.tau = number("tau", tau, 0.0, low_open=True)
+        self.lam = number("lam", lam, 0.0, 1.0)
+        self.gamma = number("gamma", gamma, 0.0, 1.0)
+        self.decay = number("decay", decay, 0.0, 1.0, low_open=True)
+        self.min_count = number("min_count", min_count, 0.0)
+        self.confidence = number("confidence", confidence, 0.0, 100.0)
         self._offsets = (np.arange(self.tables, dtype=np.int64) << self.bits)[:, None]
         self._work = np.zeros(0)
         self._tiled = np.zeros(0)

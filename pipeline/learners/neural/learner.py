@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from pipeline.features import FeatureBatch
 from pipeline.learners.base import Learner, StateBundle
+from pipeline.learners.checks import integer, number
 from pipeline.learners.neural import persist
 from pipeline.learners.neural.checkpoint import Checkpoint, load_checkpoint
 from pipeline.learners.neural.encode import FieldSlots, HashedBatch, hash_batch
@@ -62,19 +63,6 @@ from pipeline.learners.neural.vocab import Vocabulary, make_vocab
 __all__ = ["TABLES", "NeuralRanker"]
 
 TABLES = ("user", "item", "feature")
-
-
-def _number(name: str, value: Any, low: float, *, strict: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-    if not ok or value < low or (strict and value == low):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {low:g}, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return value
 
 
 class NeuralRanker(Learner):
@@ -141,19 +129,17 @@ class NeuralRanker(Learner):
         arch.update(cross_layers=cross_layers, cross_rank=cross_rank)
         for key, value in arch.items():
             setattr(self, key, value)
-        if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
-            raise ValueError(f"min_count must be an integer >= 1, got {min_count!r}")
-        self.min_count = min_count
-        self.max_age = _count("max_age", max_age)
+        self.min_count = integer("min_count", min_count, 1)
+        self.max_age = integer("max_age", max_age, 0)
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         self.optimizer = optimizer
-        self.lr = _number("lr", lr, 0.0, strict=True)
-        self.embedding_lr = _number("embedding_lr", embedding_lr, 0.0, strict=True)
-        self.replay_size = _count("replay_size", replay_size)
-        self.replay_ratio = _number("replay_ratio", replay_ratio, 0.0, strict=False)
-        self.rank_penalty = _number("rank_penalty", rank_penalty, 0.0, strict=False)
-        self.ope_temperature = _number("ope_temperature", ope_temperature, 0.0, strict=False)
+        self.lr = number("lr", lr, 0.0, low_open=True)
+        self.embedding_lr = number("embedding_lr", embedding_lr, 0.0, low_open=True)
+        self.replay_size = integer("replay_size", replay_size, 0)
+        self.replay_ratio = number("replay_ratio", replay_ratio, 0.0)
+        self.rank_penalty = number("rank_penalty", rank_penalty, 0.0)
+        self.ope_temperature = number("ope_temperature", ope_temperature, 0.0)
         self.ope_window = ope_window
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"seed must be an integer, got {seed!r}")

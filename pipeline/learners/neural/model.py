@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from pipeline.learners.checks import integer
 from pipeline.learners.neural.vocab import VOCAB_KINDS
 
 __all__ = ["ARCHITECTURE_FIELDS", "Ranker", "RankerSpec", "Rows"]
@@ -78,10 +79,10 @@ class RankerSpec:
         if self.vocab not in VOCAB_KINDS:
             raise ValueError(f"vocab must be one of {', '.join(VOCAB_KINDS)}, got {self.vocab!r}")
         for name, low in (("dim", 1), ("user_rows", 2), ("item_rows", 2), ("feature_rows", 2)):
-            _int_at_least(name, getattr(self, name), low)
+            integer(name, getattr(self, name), low)
         for name in ("max_fields", "max_dense", "cross_layers"):
-            _int_at_least(name, getattr(self, name), 0)
-        _int_at_least("cross_rank", self.cross_rank, 1)
+            integer(name, getattr(self, name), 0)
+        integer("cross_rank", self.cross_rank, 1)
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden must be a non-empty list of widths >= 1, got {list(self.hidden)}")
 
@@ -122,11 +123,6 @@ class RankerSpec:
 
 #: RankerSpec fields, which are also constructor parameters of the neural learner
 ARCHITECTURE_FIELDS = tuple(f.name for f in dataclasses.fields(RankerSpec))
-
-
-def _int_at_least(name: str, value: Any, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 class Rows(NamedTuple):

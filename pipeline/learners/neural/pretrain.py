@@ -35,6 +35,7 @@ import torch
 
 from pipeline.evaluation import auc, logloss
 from pipeline.features import FeatureBatch
+from pipeline.learners.checks import integer
 from pipeline.learners.neural.encode import HashedBatch
 from pipeline.learners.neural.learner import NeuralRanker
 from pipeline.learners.neural.optim import make_optimizers
@@ -62,8 +63,7 @@ class PretrainReport:
 
 def _check(epochs: int, batch_size: int, val_fraction: float, patience: int) -> None:
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        integer(name, value, 1)
     if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
 
