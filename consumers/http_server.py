@@ -23,14 +23,16 @@ b'ok\\n'
 
 from __future__ import annotations
 
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from pipeline.config import Config
 from pipeline.metrics import StreamMetrics
 
-__all__ = ["OpsServer"]
+__all__ = ["OpsServer", "start_ops_server"]
 
 
 class OpsServer:
@@ -89,3 +91,14 @@ class OpsServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def start_ops_server(metrics: StreamMetrics, config: Config, port: int | None = None) -> OpsServer | None:
+    """Start the ops server on ``port`` (default ``[metrics] port``; None or 0 = off) and say where."""
+    port = port if port is not None else (config.metrics.port or None)
+    if port is None:
+        return None
+    server = OpsServer(metrics, config.metrics.address, port)
+    server.start()
+    print(f"metrics on http://{config.metrics.address}:{server.port}/metrics", file=sys.stderr)
+    return server

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import Config, config_hash
 from pipeline.errors import SnapshotError
 from pipeline.runner import BatchResult, Runner
 from state.snapshot import SnapshotStore, check_writable
@@ -186,6 +187,19 @@ class Checkpointer:
         self.last_duration: float | None = None
         self.last_bytes = 0
         self.last_manifest: dict[str, Any] | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, *, catalog: bool = True) -> Checkpointer:
+        """The store at ``[snapshot] dir`` and a checkpointer with the ``[snapshot]`` settings."""
+        snap = config.snapshot
+        return cls(
+            SnapshotStore(snap.dir, keep=snap.keep),
+            config_hash(config),
+            every_events=snap.every_events,
+            every_seconds=snap.every_seconds,
+            background=snap.background,
+            catalog=catalog,
+        )
 
     def __enter__(self) -> Checkpointer:
         return self

@@ -12,7 +12,6 @@ from consumers.commands.common import add_config_arguments, config_from_args, po
 from consumers.file_dead_letter import FileDeadLetterSink
 from consumers.file_source import FileSource
 from consumers.progress import Progress, format_summary
-from pipeline.config import config_hash
 from pipeline.drift import DriftMonitor
 from pipeline.report import ReportRecorder, write_report
 from pipeline.runner import Runner
@@ -177,34 +176,22 @@ def run(args: argparse.Namespace) -> int:
 
 def _open_metrics(args, config, runner: Runner):
     """StreamMetrics as an observer plus the ops HTTP server, when a metrics port is asked for."""
-    port = args.metrics_port if args.metrics_port is not None else (config.metrics.port or None)
-    if port is None:
-        return None, None
-    from consumers.http_server import OpsServer
+    from consumers.http_server import start_ops_server
     from pipeline.metrics import StreamMetrics
 
+    if args.metrics_port is None and not config.metrics.port:
+        return None, None
     metrics = StreamMetrics()
     runner.observers.append(metrics)
-    server = OpsServer(metrics, config.metrics.address, port)
-    server.start()
+    server = start_ops_server(metrics, config, args.metrics_port)
     server.set_ready(True)
-    print(f"metrics on http://{config.metrics.address}:{server.port}/metrics", file=sys.stderr)
     return metrics, server
 
 
 def _open_checkpointer(config, runner: Runner, source: FileSource):
     from state.checkpoint import Checkpointer
-    from state.snapshot import SnapshotStore
 
-    snap = config.snapshot
-    store = SnapshotStore(snap.dir, keep=snap.keep)
-    checkpointer = Checkpointer(
-        store,
-        config_hash(config),
-        every_events=snap.every_events,
-        every_seconds=snap.every_seconds,
-        background=snap.background,
-    )
+    checkpointer = Checkpointer.from_config(config)
     manifest = checkpointer.restore(runner)
     if manifest is not None:
         source.seek(runner.positions)

@@ -7,8 +7,6 @@ partition with neither a snapshot position nor a committed offset starts (defaul
 
 from __future__ import annotations
 
-import sys
-
 from kafka import KafkaConsumer, KafkaProducer
 
 from consumers.backoff import Backoff
@@ -16,7 +14,7 @@ from consumers.kafka_dead_letter import KafkaDeadLetterSink
 from consumers.kafka_source import KafkaSource, PartitionsCallback
 from consumers.worker.options import WorkerOptions
 from consumers.worker.settings import consumer_settings, producer_settings
-from pipeline.config import Config, config_hash
+from pipeline.config import Config
 from pipeline.metrics import StreamMetrics
 from state.checkpoint import Checkpointer
 from state.snapshot import SnapshotStore
@@ -26,30 +24,15 @@ __all__ = ["make_dead_letter_sink", "make_source", "open_checkpointer", "open_op
 
 def open_ops_server(config: Config, options: WorkerOptions, metrics: StreamMetrics):
     """``/metrics``, ``/healthz``, ``/readyz`` on ``metrics.address`` (loopback by default), or None when off."""
-    port = options.metrics_port if options.metrics_port is not None else (config.metrics.port or None)
-    if port is None:
-        return None
-    from consumers.http_server import OpsServer
+    from consumers.http_server import start_ops_server
 
-    server = OpsServer(metrics, config.metrics.address, port)
-    server.start()
-    print(f"metrics on http://{config.metrics.address}:{server.port}/metrics", file=sys.stderr)
-    return server
+    return start_ops_server(metrics, config, options.metrics_port)
 
 
 def open_checkpointer(config: Config, options: WorkerOptions) -> tuple[SnapshotStore, Checkpointer]:
     """The snapshot store and its writer (which holds the state directory's writer lock)."""
-    snap = config.snapshot
-    store = SnapshotStore(snap.dir, keep=snap.keep)
-    checkpointer = Checkpointer(
-        store,
-        config_hash(config),
-        every_events=snap.every_events,
-        every_seconds=snap.every_seconds,
-        background=snap.background,
-        catalog=options.catalog,
-    )
-    return store, checkpointer
+    checkpointer = Checkpointer.from_config(config, catalog=options.catalog)
+    return checkpointer.store, checkpointer
 
 
 def make_source(
