@@ -2,6 +2,7 @@
 
 Kafka (DESIGN §9): one real broker per test session, started on first use by ``kafka_broker``; tests
 that use it are marked ``kafka`` automatically. Factory fixtures give each test its own topics.
+Prometheus: ``prometheus_server`` (:mod:`tests.prometheus.fixtures`), one real server per session.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.kafka.broker import KafkaBroker
+from tests.prometheus.fixtures import prometheus_server  # noqa: F401 - a real Prometheus, one per session
 
 # --------------------------------------------------------------------------- Kafka
 

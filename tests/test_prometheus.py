@@ -15,7 +15,6 @@ import time
 
 import pytest
 
-from tests.prometheus.fixtures import prometheus_server  # noqa: F401 - the fixture, until conftest imports it
 from tests.prometheus.promql import (
     Query,
     alert_rules,
@@ -33,7 +32,7 @@ EVENTS_BEFORE_QUERYING = 30_000  # past the drift at 15,000 and its detection, w
 
 
 @pytest.fixture(scope="module")
-def scraped(prometheus_server: PrometheusServer, tmp_path_factory):  # noqa: F811
+def scraped(prometheus_server: PrometheusServer, tmp_path_factory):
     target = ReplayTarget(tmp_path_factory.mktemp("replay-state"), n_events=90_000, rate=4000.0)
     target.start()
     try:

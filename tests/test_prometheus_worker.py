@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 
 from tests.kafka.workers import WorkerProcesses, wait_for, worker_config
-from tests.prometheus.fixtures import prometheus_server  # noqa: F401 - the fixture
 from tests.prometheus.promql import (
     alert_rules,
     comparisons_as_bool,
@@ -31,7 +30,7 @@ def test_lag_panels_and_alert_have_data_from_a_real_worker(
     kafka_broker,
     topic_factory,
     producer,
-    prometheus_server,  # noqa: F811
+    prometheus_server,
     tmp_path,
 ):
     assert LAG_QUERIES and LAG_RULES
