@@ -9,14 +9,21 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.events.checks import _TS_DETAIL, _check_features, _check_ts, _Invalid, _map_array
+from pipeline.events.checks import (
+    _TS_DETAIL,
+    _check_features,
+    _check_ts,
+    _Invalid,
+    _map_array,
+    _mark_propensity_range,
+    _mark_unknown_event_types,
+)
 from pipeline.events.schema import (
     BAD_TIMESTAMP,
     EVENT_SCHEMA,
     MISSING_FIELD,
     NON_FINITE,
     OUT_OF_RANGE,
-    UNKNOWN_EVENT_TYPE,
     WRONG_TYPE,
     DeadLetter,
     EventBatch,
@@ -214,19 +221,10 @@ def decode_arrow(batch: pa.RecordBatch, rules: EventRules) -> tuple[EventBatch, 
         allowed = pa.array(list(rules.event_types), type=pa.string())
         known = np.asarray(pc.is_in(event_type, value_set=allowed).fill_null(False))
         unknown = np.asarray(event_type.is_valid()) & ~known
-        et = event_type
-        inv.mark(
-            unknown,
-            UNKNOWN_EVENT_TYPE,
-            lambda i: f"unknown event_type {et[i].as_py()[:64]!r}; allowed: {', '.join(rules.event_types)}",
-        )
+        _mark_unknown_event_types(inv, unknown, lambda i: event_type[i].as_py(), rules)
     position, has_pos = _arrow_position(batch, inv)
     propensity, has_prop = _arrow_number(batch, "propensity", inv, required=False)
-    inv.mark(
-        has_prop & ~((propensity > 0) & (propensity <= 1)),
-        OUT_OF_RANGE,
-        lambda i: f"field 'propensity' must be in (0, 1], got {float(propensity[i])!r}",
-    )
+    _mark_propensity_range(inv, propensity, has_prop)
     request_id = _arrow_optional_str(batch, "request_id", inv)
     cat, num = _arrow_features(batch, inv)
     out = (

@@ -21,6 +21,7 @@ from pipeline.events.schema import (
     NOT_UTF8,
     OUT_OF_RANGE,
     OVERSIZED,
+    UNKNOWN_EVENT_TYPE,
     WRONG_TYPE,
     EventRules,
 )
@@ -245,6 +246,23 @@ def _map_array(offsets: np.ndarray, keys: list, values: list, value_type: pa.Dat
         pa.array(offsets, type=pa.int32()),
         pa.array(keys, type=pa.string()),
         pa.array(values, type=value_type),
+    )
+
+
+def _mark_unknown_event_types(inv: _Invalid, unknown: np.ndarray, value_of, rules: EventRules) -> None:
+    """Mark the rows of ``unknown`` as UNKNOWN_EVENT_TYPE; ``value_of(i)`` is row i's event type."""
+    allowed = ", ".join(rules.event_types)
+    inv.mark(
+        unknown, UNKNOWN_EVENT_TYPE, lambda i: f"unknown event_type {value_of(i)[:64]!r}; allowed: {allowed}"
+    )
+
+
+def _mark_propensity_range(inv: _Invalid, propensity: np.ndarray, present: np.ndarray) -> None:
+    """A logged propensity must be a probability an importance weight can divide by: (0, 1]."""
+    inv.mark(
+        present & ~((propensity > 0) & (propensity <= 1)),
+        OUT_OF_RANGE,
+        lambda i: f"field 'propensity' must be in (0, 1], got {float(propensity[i])!r}",
     )
 
 

@@ -22,14 +22,14 @@ from pipeline.events.checks import (
     _field_mask,
     _Invalid,
     _map_array,
+    _mark_propensity_range,
+    _mark_unknown_event_types,
     _parse_all,
     _strings,
 )
 from pipeline.events.schema import (
     EVENT_SCHEMA,
     NOT_AN_OBJECT,
-    OUT_OF_RANGE,
-    UNKNOWN_EVENT_TYPE,
     DeadLetter,
     EventBatch,
     EventRules,
@@ -71,19 +71,11 @@ def decode_json(values: Sequence[bytes], rules: EventRules) -> tuple[EventBatch,
     if rules.event_types:
         allowed = frozenset(rules.event_types)
         unknown = _field_mask(etype, lambda x: x is not None and type(x) is str and x not in allowed)
-        inv.mark(
-            unknown,
-            UNKNOWN_EVENT_TYPE,
-            lambda i: f"unknown event_type {etype[i][:64]!r}; allowed: {', '.join(rules.event_types)}",
-        )
+        _mark_unknown_event_types(inv, unknown, etype.__getitem__, rules)
     cols["event_type"] = etype
     position, has_pos = _check_position(objs, inv)
     propensity, has_prop = _check_number(objs, "propensity", inv, required=False)
-    inv.mark(
-        has_prop & ~((propensity > 0) & (propensity <= 1)),
-        OUT_OF_RANGE,
-        lambda i: f"field 'propensity' must be in (0, 1], got {float(propensity[i])!r}",
-    )
+    _mark_propensity_range(inv, propensity, has_prop)
     cols["request_id"] = _check_optional_str(objs, "request_id", inv)
     cat, num = _check_features(objs, inv, rules)
 
