@@ -57,6 +57,7 @@ from pipeline.evaluation import auc, logloss
 from pipeline.events import EventRules, decode_arrow
 from pipeline.features import FeatureSpec, Featurizer
 from pipeline.learners.error_memory import ErrorMemoryLearner
+from pipeline.learners.error_memory.learner import score_base
 from pipeline.learners.registry import build_learner, known_kinds
 from pipeline.simulate import Drift, Simulator
 
@@ -113,11 +114,10 @@ def prequential(base: str, batches: list, seed: int, period: int = 0) -> dict[st
     """
     learner = build_learner(base, params=dict(BASES[base]))
     memories = {tag: wrapper(base, seed, cfg) for tag, cfg in CONFIGS.items()}
-    both = getattr(learner, "predict_with_representation", None)
     out: dict[str, list] = {"base": [], "label": [], **{tag: [] for tag in memories}}
     pending = []
     for fb in batches:
-        y_base, rep = both(fb) if callable(both) else (learner.predict(fb), None)
+        y_base, rep = score_base(learner, fb)
         for tag, model in memories.items():
             served = model.serve_base(fb, y_base, rep)
             model.remember(fb, served)
@@ -197,13 +197,12 @@ def slot_protocol(base: str, batches: list, seed: int, slots: int) -> dict[str, 
     for mode in ("fixed", "incremental"):
         learner = build_learner(base, params=dict(BASES[base]))
         memories = {tag: wrapper(base, seed, cfg) for tag, cfg in SLOT_CONFIGS.items()}
-        both = getattr(learner, "predict_with_representation", None)
         for fb in parts[0]:
             learner.learn(fb, learner.predict(fb))
         rows = []
         for t in range(1, slots):
             # the base and the memories are read-only within a slot
-            scored = [both(fb) if callable(both) else (learner.predict(fb), None) for fb in parts[t]]
+            scored = [score_base(learner, fb) for fb in parts[t]]
             labels = np.concatenate([fb.labels for fb in parts[t]])
             y_base = np.concatenate([y for y, _ in scored])
             row = {"slot": t, "base_auc": auc(labels, y_base), "base_logloss": logloss(labels, y_base)}

@@ -46,7 +46,7 @@ from pipeline.learners.checks import integer
 from pipeline.learners.error_memory.keys import KeyCenter, SimHash, check_key_fields, field_keys, hashed_keys
 from pipeline.learners.error_memory.memory import ErrorMemory
 
-__all__ = ["ErrorMemoryLearner", "Served"]
+__all__ = ["ErrorMemoryLearner", "Served", "score_base"]
 
 #: 2: ``key_fields`` in the meta (1: ``item_weight``), and the memory's ``scale`` array
 _STATE_FORMAT = 2
@@ -60,6 +60,13 @@ class Served(NamedTuple):
     y: np.ndarray
     keys: np.ndarray
     slots: np.ndarray
+
+
+def score_base(base: Learner, batch: FeatureBatch) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(predictions, representation)`` of a base: one forward pass when it offers
+    ``predict_with_representation``, else its predictions and None (the key is then computed apart)."""
+    both = getattr(base, "predict_with_representation", None)
+    return both(batch) if callable(both) else (base.predict(batch), None)
 
 
 class ErrorMemoryLearner(Learner):
@@ -189,11 +196,7 @@ class ErrorMemoryLearner(Learner):
     # ------------------------------------------------------------------------------ learner API
     def serve(self, batch: FeatureBatch) -> Served:
         """Score ``batch``: the base's predictions, the compensated ones, and where they were read."""
-        both = getattr(self._base, "predict_with_representation", None)
-        if callable(both):  # one forward pass for the score and the key
-            y_base, representation = both(batch)
-            return self.serve_base(batch, y_base, representation)
-        return self.serve_base(batch, self._base.predict(batch))
+        return self.serve_base(batch, *score_base(self._base, batch))
 
     def serve_base(
         self, batch: FeatureBatch, y_base: np.ndarray, representation: np.ndarray | None = None
