@@ -35,9 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import peak_rss_mb, save, table
 
-from consumers.commands.produce import KafkaWriter
+from consumers.kafka import KafkaSource, KafkaWriter, consumer_settings
 from consumers.worker import Worker, WorkerOptions
-from consumers.worker.settings import consumer_settings
 from pipeline.config import load_config
 from pipeline.simulate import SimConfig, Simulator
 from tests.kafka.broker import REPO_ROOT, KafkaBroker
@@ -95,18 +94,17 @@ def prefill(bootstrap: str, topic: str, n: int, seed: int) -> dict:
 
 
 def bare_loop(bootstrap: str, topic: str, n: int, config, label: str = "") -> dict:
-    from kafka import KafkaConsumer
-
-    settings = consumer_settings(config.kafka.client)
-    consumer = KafkaConsumer(
+    # the worker's source builds and subscribes the KafkaConsumer (same settings); the loop then
+    # polls kafka-python's consumer directly and only counts
+    source = KafkaSource(
         topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"bare-{time.monotonic_ns()}",
-        enable_auto_commit=False,
+        bootstrap,
+        f"bare-{time.monotonic_ns()}",
+        max_records=config.kafka.max_poll_records,
+        client_kwargs=consumer_settings(config.kafka.client),
         auto_offset_reset="earliest",
-        max_poll_records=config.kafka.max_poll_records,
-        **settings,
-    )
+    ).open()
+    consumer = source.consumer
     count, first = 0, None
     try:
         while count < n:
@@ -116,7 +114,7 @@ def bare_loop(bootstrap: str, topic: str, n: int, config, label: str = "") -> di
                 count += len(records)
         seconds = time.perf_counter() - first
     finally:
-        consumer.close(autocommit=False)
+        source.close()
     return {
         "case": f"bare kafka-python consumer loop (counts records){label}",
         "events": count,

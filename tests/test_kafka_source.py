@@ -10,16 +10,17 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from consumers.kafka_dead_letter import DeadLetterError, KafkaDeadLetterSink
-from consumers.kafka_source import (
-    Backoff,
+from consumers.backoff import Backoff
+from consumers.kafka import (
+    DeadLetterError,
+    KafkaDeadLetterSink,
     KafkaSource,
     KafkaUnavailableError,
-    RawBatch,
     parse_key,
     partition_key,
     retry_call,
 )
+from consumers.sources import PartitionRecords
 from pipeline.errors import ConfigError
 from pipeline.events import DeadLetter
 from tests.kafka.broker import free_port
@@ -60,15 +61,30 @@ def kafka_committed(bootstrap: str, group: str, topic: str, partitions: int) -> 
         check.close(autocommit=False)
 
 
-def _drain(src: KafkaSource, expect: int, deadline_s: float = 20.0) -> list[RawBatch]:
-    batches, got, end = [], 0, time.monotonic() + deadline_s
+def _polls(src: KafkaSource, expect: int, deadline_s: float = 20.0) -> list[list[PartitionRecords]]:
+    """The non-empty polls until ``expect`` records arrived."""
+    polls, got, end = [], 0, time.monotonic() + deadline_s
     while got < expect and time.monotonic() < end:
-        b = src.poll(200)
-        if len(b):
-            batches.append(b)
-            got += len(b)
+        parts = src.poll_partitions(200)
+        if parts:
+            polls.append(parts)
+            got += sum(len(p) for p in parts)
     assert got == expect, f"consumed {got} of {expect} records"
-    return batches
+    return polls
+
+
+def _drain(src: KafkaSource, expect: int, deadline_s: float = 20.0) -> list[PartitionRecords]:
+    return [part for parts in _polls(src, expect, deadline_s) for part in parts]
+
+
+def _offsets(parts: list[PartitionRecords]) -> list[tuple[int, int]]:
+    """Sorted ``(partition, offset)`` of every record."""
+    return sorted((parse_key(p.key).partition, int(o)) for p in parts for o in p.offsets)
+
+
+def _counters(parts: list[PartitionRecords]) -> list[int]:
+    """The ``i`` of every record, in order."""
+    return [orjson.loads(v)["i"] for p in parts for v in p.values]
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -185,34 +201,31 @@ def test_open_unreachable_broker_gives_up_with_unavailable_error():
 # --------------------------------------------------------------------------- micro-batches
 
 
-def test_poll_micro_batches_carry_origins_positions_and_timestamps(topic_factory, producer, source_factory):
+def test_poll_partitions_carry_keys_offsets_and_timestamps_at_most_max_records(
+    topic_factory, producer, source_factory
+):
     topic = topic_factory(partitions=2)
     before_ms = int(time.time() * 1000)
     _produce(producer, topic, {0: 13, 1: 9})
     src = source_factory(topic, max_records=5)
 
-    batches = _drain(src, 22)
+    polls = _polls(src, 22)
 
     seen: dict[int, list[int]] = {0: [], 1: []}
-    for b in batches:
-        assert 1 <= len(b) <= 5
-        assert len(b.origins) == len(b.values) == len(b.timestamps_ms)
-        for i, raw in enumerate(b.values):
-            rec, origin = orjson.loads(raw), b.origins(i)
-            assert origin == {"topic": topic, "partition": rec["p"], "offset": rec["i"]}
-            seen[rec["p"]].append(rec["i"])
-        expected_pos = {
-            f"{topic}:{p}": max(
-                b.origins(i)["offset"] for i in range(len(b)) if b.origins(i)["partition"] == p
-            )
-            + 1
-            for p in {b.origins(i)["partition"] for i in range(len(b))}
-        }
-        assert b.positions == expected_pos
-        assert np.all(b.timestamps_ms >= before_ms - 1000)
+    for parts in polls:
+        assert 1 <= sum(len(p) for p in parts) <= 5
+        assert len({p.key for p in parts}) == len(parts)
+        for part in parts:
+            assert len(part.values) == len(part.offsets) == len(part.timestamps_ms)
+            assert np.all(np.diff(part.offsets) > 0)
+            for raw, offset in zip(part.values, part.offsets):
+                rec = orjson.loads(raw)
+                assert (part.key, int(offset)) == (f"{topic}:{rec['p']}", rec["i"])
+                seen[rec["p"]].append(rec["i"])
+            assert np.all(part.timestamps_ms >= before_ms - 1000)
     assert seen == {0: list(range(13)), 1: list(range(9))}
     assert src.positions() == {f"{topic}:0": 13, f"{topic}:1": 9}
-    assert len(src.poll(100)) == 0
+    assert src.poll_partitions(100) == []
 
 
 def test_poll_null_value_becomes_empty_bytes(topic_factory, producer, source_factory):
@@ -220,17 +233,17 @@ def test_poll_null_value_becomes_empty_bytes(topic_factory, producer, source_fac
     producer.send(topic, value=None, key=b"k")
     producer.send(topic, value=b"x")
     producer.flush()
-    (batch,) = _drain(source_factory(topic), 2)
-    assert batch.values == [b"", b"x"]
+    parts = _drain(source_factory(topic), 2)
+    assert [v for p in parts for v in p.values] == [b"", b"x"]
 
 
-def test_poll_two_topics_origins_name_each_topic(topic_factory, producer, source_factory):
+def test_poll_two_topics_keys_name_each_topic(topic_factory, producer, source_factory):
     t1, t2 = topic_factory(), topic_factory()
     _produce(producer, t1, {0: 3})
     _produce(producer, t2, {0: 4})
     src = source_factory([t1, t2])
-    batches = _drain(src, 7)
-    topics = [b.origins(i)["topic"] for b in batches for i in range(len(b))]
+    parts = _drain(src, 7)
+    topics = [parse_key(p.key).topic for p in parts for _ in p.values]
     assert sorted(topics) == [t1] * 3 + [t2] * 4
     assert src.positions() == dict(sorted({f"{t1}:0": 3, f"{t2}:0": 4}.items()))
 
@@ -263,11 +276,8 @@ def test_seek_on_assign_starts_at_snapshot_positions(kafka_broker, topic_factory
     )
     try:
         src.open()
-        batches = _drain(src, 3 + 6)
-        offsets = sorted(
-            (b.origins(i)["partition"], b.origins(i)["offset"]) for b in batches for i in range(len(b))
-        )
-        assert offsets == [(0, o) for o in range(7, 10)] + [(1, o) for o in range(4, 10)]
+        parts = _drain(src, 3 + 6)
+        assert _offsets(parts) == [(0, o) for o in range(7, 10)] + [(1, o) for o in range(4, 10)]
         assert applied[0] == ([f"{topic}:0", f"{topic}:1"], [f"{topic}:0", f"{topic}:1"])
         assert src.positions() == {f"{topic}:0": 10, f"{topic}:1": 10}
     finally:
@@ -281,8 +291,7 @@ def test_seek_after_poll_rewinds_and_rereads(topic_factory, producer, source_fac
     _drain(src, 6)
     assert src.seek({f"{topic}:0": 2}) == [f"{topic}:0"]
     assert src.positions() == {f"{topic}:0": 2}
-    again = _drain(src, 4)
-    assert [orjson.loads(v)["i"] for b in again for v in b.values] == [2, 3, 4, 5]
+    assert _counters(_drain(src, 4)) == [2, 3, 4, 5]
 
 
 def test_commit_positions_are_used_by_next_group_member(
@@ -299,8 +308,7 @@ def test_commit_positions_are_used_by_next_group_member(
     first.close()
 
     second = source_factory(topic, group=group)
-    rest = _drain(second, 4)
-    assert [orjson.loads(v)["i"] for b in rest for v in b.values] == [6, 7, 8, 9]
+    assert _counters(_drain(second, 4)) == [6, 7, 8, 9]
 
 
 def test_close_runs_on_revoke_which_can_commit(kafka_broker, topic_factory, producer):
@@ -366,14 +374,14 @@ def test_pause_then_resume_partition_controls_fetching(kafka_broker, topic_facto
     src = _pausing_source(kafka_broker.bootstrap, topic, [f"{topic}:0"])
     try:
         first = _drain(src, 4)
-        assert {b.origins(i)["partition"] for b in first for i in range(len(b))} == {1}
+        assert {partition for partition, _ in _offsets(first)} == {1}
         assert src.paused() == [f"{topic}:0"]
-        assert len(src.poll(300)) == 0
+        assert src.poll_partitions(300) == []
         assert src.pause(["not-assigned:0"]) == []
         assert src.resume() == [f"{topic}:0"]
         assert src.paused() == []
         second = _drain(src, 4)
-        assert {b.origins(i)["partition"] for b in second for i in range(len(b))} == {0}
+        assert {partition for partition, _ in _offsets(second)} == {0}
     finally:
         src.close()
 
@@ -407,14 +415,14 @@ def test_rebalance_second_member_revokes_with_commit_then_splits_partitions(
 
         def keep_polling_a():  # a must keep polling to take part in the rebalance
             while not stop.is_set():
-                a.poll(100)
+                a.poll_partitions(100)
 
         poller = threading.Thread(target=keep_polling_a, daemon=True)
         poller.start()
         b.open()
         deadline = time.monotonic() + 20
         while (len(b.assignment()), len(a.assignment())) != (1, 1) and time.monotonic() < deadline:
-            b.poll(100)
+            b.poll_partitions(100)
         stop.set()
         poller.join(10)
         assert sorted(a.assignment() + b.assignment()) == [f"{topic}:0", f"{topic}:1"]
@@ -519,8 +527,7 @@ def test_poll_across_broker_restart_resumes_without_loss_or_repeat(
     first = _drain(src, 5)
 
     kafka_broker.stop()
-    down = src.poll(300)  # the broker is away: no records, no exception
-    assert len(down) == 0
+    assert src.poll_partitions(300) == []  # the broker is away: no records, no exception
     kafka_broker.start()
 
     with kafka_broker.producer() as prod:
@@ -528,6 +535,6 @@ def test_poll_across_broker_restart_resumes_without_loss_or_repeat(
             prod.send(topic, value=orjson.dumps({"p": 0, "i": i}))
         prod.flush()
     second = _drain(src, 3, deadline_s=30)
-    assert [orjson.loads(v)["i"] for b in first + second for v in b.values] == list(range(8))
+    assert _counters(first + second) == list(range(8))
     assert src.positions() == {f"{topic}:0": 8}
     assert src.connected()

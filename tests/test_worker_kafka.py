@@ -331,7 +331,7 @@ def test_source_slow_revocation_in_metadata_rebalance_still_gets_new_assignment(
     # the assignment arrives.
     from kafka.admin import NewPartitions
 
-    from consumers.kafka_source import KafkaSource
+    from consumers.kafka import KafkaSource
 
     topic = topic_factory(partitions=2)
     events: list[tuple[str, int]] = []
@@ -351,11 +351,13 @@ def test_source_slow_revocation_in_metadata_rebalance_still_gets_new_assignment(
     )
     try:
         source.open()
-        wait_for(lambda: source.poll(50) is not None and source.assignment(), "the first assignment")
+        wait_for(
+            lambda: source.poll_partitions(50) is not None and source.assignment(), "the first assignment"
+        )
         kafka_broker.admin().create_partitions({topic: NewPartitions(total_count=3)})
 
         def grown():
-            source.poll(50)
+            source.poll_partitions(50)
             time.sleep(0.3)  # a batch being processed between polls
             return len(source.assignment()) == 3
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from consumers.commands import simulate as simulate_cmd
+from consumers.kafka import consumer_settings, producer_settings
 from consumers.worker import OffsetBatcher, TrackedRunner, Worker, WorkerOptions, partition_counts
 from consumers.worker.offsets import (
     MAX_TOKENS,
@@ -25,7 +26,6 @@ from consumers.worker.offsets import (
     parse_metadata,
     start_position,
 )
-from consumers.worker.settings import consumer_settings, producer_settings
 from pipeline.config import config_hash, load_config
 from pipeline.errors import ConfigError
 from pipeline.learners.base import StateBundle
@@ -303,8 +303,8 @@ def test_simulate_kafka_arguments_usage_errors_name_the_argument(argv, message, 
 
 
 def test_security_settings_reach_consumer_and_dead_letter_producer(tmp_path):
+    from consumers.kafka import make_dead_letter_sink, make_source
     from consumers.worker.options import WorkerOptions as Options
-    from consumers.worker.wiring import make_dead_letter_sink, make_source
 
     security = {
         "security_protocol": "SASL_SSL",

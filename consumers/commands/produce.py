@@ -8,8 +8,8 @@ JSONL lines are sent as they are (invalid ones too: the worker dead-letters them
 rows are serialised to one JSON object each (null fields left out). ``--key-field`` keys each
 record by one of its fields (records of one user stay in one partition); without it kafka-python
 spreads them. ``--partitions N`` creates a missing topic with N partitions. ``--now`` replaces each
-event's ``ts`` with the time it is sent, for freshness measurements. :class:`KafkaWriter` is what
-``streamlearn simulate --to-kafka`` uses too.
+event's ``ts`` with the time it is sent, for freshness measurements. The sending itself is
+:class:`consumers.kafka.KafkaWriter`, which ``streamlearn simulate --to-kafka`` uses too.
 """
 
 from __future__ import annotations
@@ -18,23 +18,25 @@ import argparse
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import orjson
-import pyarrow as pa
 
 from consumers.commands.common import positive_int
-from pipeline.errors import ConfigError, StreamlearnError
+from pipeline.errors import ConfigError
 
-__all__ = ["KafkaProduceError", "KafkaWriter", "ensure_topic", "register", "rows_to_json", "run"]
+if TYPE_CHECKING:  # imported when used: the other commands start without kafka-python
+    import pyarrow as pa  # and `streamlearn --help` without pyarrow
 
+    from consumers.kafka import KafkaWriter
 
-class KafkaProduceError(StreamlearnError):
-    """Records could not be delivered to the topic."""
+__all__ = ["register", "rows_to_json", "run"]
 
 
 def rows_to_json(batch: pa.RecordBatch) -> list[bytes]:
     """One JSON object per row; null fields are left out and map columns become objects.
 
+    >>> import pyarrow as pa
     >>> rows_to_json(pa.record_batch({"event_id": ["a", "b"], "label": [1, None]}))
     [b'{"event_id":"a","label":1}', b'{"event_id":"b"}']
     """
@@ -50,114 +52,6 @@ def rows_to_json(batch: pa.RecordBatch) -> list[bytes]:
                 v = {a: b for a, b in v.items() if b is not None}
             clean[k] = v
         out.append(orjson.dumps(clean))
-    return out
-
-
-def ensure_topic(bootstrap: str, topic: str, partitions: int, client: dict | None = None) -> bool:
-    """Create ``topic`` with ``partitions`` partitions unless it exists; True if it was created."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import TopicAlreadyExistsError
-
-    from consumers.kafka_dead_letter import ADMIN_KEYS
-
-    security = {k: v for k, v in (client or {}).items() if k in ADMIN_KEYS}
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **security)
-    try:
-        if topic in set(admin.list_topics()):
-            return False
-        admin.create_topics(
-            {topic: {"num_partitions": partitions, "replication_factor": 1}}, timeout_ms=10000
-        )
-        if hasattr(admin, "wait_for_topics"):
-            admin.wait_for_topics([topic], timeout_ms=10000)
-        return True
-    except TopicAlreadyExistsError:
-        return False
-    finally:
-        admin.close()
-
-
-class KafkaWriter:
-    """Sends record values to one topic, at most ``rate`` per second, acknowledged by the broker.
-
-    Parameters
-    ----------
-    bootstrap, topic
-        Where to send.
-    rate
-        Records per second (None: as fast as possible).
-    client
-        Extra kafka-python ``KafkaProducer`` settings (security, ``acks``, …).
-    """
-
-    def __init__(self, bootstrap: str, topic: str, rate: float | None = None, client: dict | None = None):
-        from kafka import KafkaProducer
-
-        if rate is not None and rate <= 0:
-            raise ConfigError(f"rate must be > 0 events/s, got {rate}")
-        settings = {"acks": "all", "linger_ms": 5, "batch_size": 256 * 1024, **(client or {})}
-        self.topic, self.rate = topic, rate
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, **settings)
-        self.sent = 0
-        self.failures = 0
-        self.last_error: BaseException | None = None
-        self._started = time.monotonic()
-
-    def send(
-        self, values: Sequence[bytes], keys: Sequence[bytes | None] | None = None, now: bool = False
-    ) -> None:
-        """Send ``values`` (with ``keys``), pacing to ``rate``; ``now`` restamps each event's ``ts``."""
-        step = len(values) if self.rate is None else max(1, int(self.rate / 200))
-        for lo in range(0, len(values), step):
-            self._pace()
-            chunk = values[lo : lo + step]
-            if now:
-                chunk = _restamp(chunk)
-            for i, value in enumerate(chunk):
-                key = keys[lo + i] if keys is not None else None
-                self.producer.send(self.topic, value=value, key=key).add_errback(self._failed)
-            self.sent += len(chunk)
-
-    def _failed(self, exc: BaseException) -> None:
-        self.failures += 1
-        self.last_error = exc
-
-    def _pace(self) -> None:
-        if self.rate is None:
-            return
-        ahead = self.sent / self.rate - (time.monotonic() - self._started)
-        if ahead > 0:
-            time.sleep(ahead)
-
-    def close(self) -> None:
-        """Wait for every acknowledgement, then close; raises when records could not be delivered."""
-        self.producer.flush()
-        self.producer.close()
-        if self.failures:
-            raise KafkaProduceError(
-                f"{self.failures} of {self.sent} records were not delivered to {self.topic}: {self.last_error!r}"
-            )
-
-    def __enter__(self) -> KafkaWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _restamp(values: Sequence[bytes]) -> list[bytes]:
-    ts = int(time.time() * 1000)
-    out = []
-    for v in values:
-        try:
-            obj = orjson.loads(v)
-        except orjson.JSONDecodeError:
-            out.append(v)  # invalid records stay invalid
-            continue
-        if isinstance(obj, dict):
-            obj["ts"] = ts
-            v = orjson.dumps(obj)
-        out.append(v)
     return out
 
 
@@ -211,8 +105,8 @@ def add_kafka_target_arguments(p: argparse.ArgumentParser, topic_required: bool 
 
 
 def open_writer(args: argparse.Namespace) -> KafkaWriter:
-    """A :class:`KafkaWriter` for the target arguments, creating the topic when asked."""
-    from consumers.worker.settings import producer_settings
+    """A :class:`~consumers.kafka.KafkaWriter` for the target arguments, creating the topic when asked."""
+    from consumers.kafka import KafkaWriter, ensure_topic, producer_settings
     from pipeline.config import load_config
 
     config = load_config(args.config)

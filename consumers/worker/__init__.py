@@ -4,8 +4,9 @@ Modules: :mod:`~consumers.worker.service` (the loop, rebalances, shutdown), :mod
 (records from poll to runner, dead-letter blocking), :mod:`~consumers.worker.batcher` (offset-aligned
 micro-batches), :mod:`~consumers.worker.offsets` (the commit protocol), :mod:`~consumers.worker.commits`
 (snapshots and commits), :mod:`~consumers.worker.tracked` (per-partition counters inside snapshots),
-:mod:`~consumers.worker.health` (readiness, lag, pauses), :mod:`~consumers.worker.wiring` and
-:mod:`~consumers.worker.settings` (clients from the configuration), :mod:`~consumers.worker.options`.
+:mod:`~consumers.worker.health` (readiness, lag, pauses), :mod:`~consumers.worker.wiring` (ops server and
+checkpointer from the configuration), :mod:`~consumers.worker.options`. The Kafka clients it drives come from
+:mod:`consumers.kafka` (the worker sees the consumer as a :class:`~consumers.sources.PartitionedSource`).
 """
 
 from consumers.worker.batcher import Cut, OffsetBatcher

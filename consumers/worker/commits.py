@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from consumers.backoff import Backoff
-from consumers.kafka_source import KafkaSource, parse_key
+from consumers.sources import PartitionedSource, split_key
 from consumers.worker.offsets import (
     Ledger,
     Token,
@@ -60,7 +60,8 @@ class CommitCoordinator:
     store, checkpointer, ledger
         The state directory's snapshots, their writer and the worker's ledger.
     source
-        The Kafka source: ownership, commits and committed offsets.
+        The group consumer (a :class:`~consumers.sources.PartitionedSource`): ownership, commits and
+        committed offsets.
     make_runner
         Builds a fresh :class:`TrackedRunner` (used at start and by :meth:`rollback`).
     on_result
@@ -74,7 +75,7 @@ class CommitCoordinator:
         store: SnapshotStore,
         checkpointer: Checkpointer,
         ledger: Ledger,
-        source: KafkaSource,
+        source: PartitionedSource,
         make_runner: Callable[[], TrackedRunner],
         on_result: Callable[[SnapshotResult], None] | None = None,
         commit_timeout_ms: int = 10_000,
@@ -273,7 +274,7 @@ def _writer(manifest: dict[str, Any]) -> str | None:
 
 def _is_partition_key(key: str) -> bool:
     try:
-        parse_key(key)
+        split_key(key)
     except ValueError:
         return False
     return True

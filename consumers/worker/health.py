@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 
-from kafka import errors as kafka_errors
-
-from consumers.kafka_source import UNAVAILABLE_ERRORS, KafkaSource, parse_key
+from consumers.kafka import BROKER_ERRORS
+from consumers.sources import PartitionedSource, split_key
 from consumers.worker.batcher import OffsetBatcher
 from pipeline.metrics import StreamMetrics
 
@@ -44,30 +43,33 @@ def readiness(
 
 
 def update_lag(
-    source: KafkaSource, positions: Mapping[str, int], metrics: StreamMetrics, previous: Mapping[str, int]
+    source: PartitionedSource,
+    positions: Mapping[str, int],
+    metrics: StreamMetrics,
+    previous: Mapping[str, int],
 ) -> dict[str, int]:
     """Set the lag gauge of every owned partition (and drop those no longer owned); returns the lag."""
     owned = source.owned()
     try:
         ends = source.end_offsets(owned, timeout_ms=2000)
-    except (kafka_errors.KafkaError, OSError, *UNAVAILABLE_ERRORS) as exc:
+    except BROKER_ERRORS as exc:
         log.debug("lag unavailable: %r", exc)
         return dict(previous)
     lag = {k: max(0, ends[k] - positions[k]) for k in owned if k in ends and k in positions}
     for key in set(previous) - set(lag):
-        tp = parse_key(key)
+        topic, partition = split_key(key)
         try:
-            metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+            metrics.consumer_lag.remove(topic, str(partition))
         except KeyError:
             pass
     for key, value in lag.items():
-        tp = parse_key(key)
-        metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(value)
+        topic, partition = split_key(key)
+        metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(value)
     return lag
 
 
 def apply_pauses(
-    source: KafkaSource, batcher: OffsetBatcher, limit: int, blocked: bool, unpositioned: set[str]
+    source: PartitionedSource, batcher: OffsetBatcher, limit: int, blocked: bool, unpositioned: set[str]
 ) -> None:
     """Pause and resume owned partitions so that exactly the ones that must wait are paused."""
     owned = set(source.owned())

@@ -4,7 +4,7 @@ It keeps three things per owned partition: the offset expected next (records fro
 are dropped, so that no record is ever applied twice within a run), the offset-aligned buffer
 (:class:`~consumers.worker.batcher.OffsetBatcher`), and — when the dead-letter topic fails — the
 batches waiting for it. ``Runner.process`` writes a batch's dead letters before the batch changes
-any state, so a :class:`~consumers.kafka_dead_letter.DeadLetterError` leaves the runner untouched:
+any state, so a :class:`~consumers.sources.DeadLetterError` leaves the runner untouched:
 that batch and every batch after it are kept in order and offered again after a backoff; nothing
 passes a record that could not be parked.
 """
@@ -16,8 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from consumers.backoff import Backoff
-from consumers.kafka_dead_letter import DeadLetterError
-from consumers.kafka_source import PartitionRecords
+from consumers.sources import DeadLetterError, PartitionRecords
 from consumers.worker.batcher import Cut, OffsetBatcher
 from consumers.worker.tracked import TrackedRunner
 from pipeline.runner import RawBatch

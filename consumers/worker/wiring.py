@@ -1,25 +1,17 @@
-"""The worker's collaborators, built from the configuration: ops server, checkpointer, source, sink.
+"""The worker's collaborators that are not Kafka clients, built from the configuration: ops server, checkpointer.
 
-Security settings in ``[kafka.client]`` reach the consumer and the dead-letter producer alike
-(:mod:`consumers.worker.settings`); the consumer's ``auto_offset_reset`` there decides where a
-partition with neither a snapshot position nor a committed offset starts (default earliest).
+The Kafka clients (the group consumer, the dead-letter sink) are built in :mod:`consumers.kafka.wiring`.
 """
 
 from __future__ import annotations
 
-from kafka import KafkaConsumer, KafkaProducer
-
-from consumers.backoff import Backoff
-from consumers.kafka_dead_letter import KafkaDeadLetterSink
-from consumers.kafka_source import KafkaSource, PartitionsCallback
 from consumers.worker.options import WorkerOptions
-from consumers.worker.settings import consumer_settings, producer_settings
 from pipeline.config import Config
 from pipeline.metrics import StreamMetrics
 from state.checkpoint import Checkpointer
 from state.snapshot import SnapshotStore
 
-__all__ = ["make_dead_letter_sink", "make_source", "open_checkpointer", "open_ops_server"]
+__all__ = ["open_checkpointer", "open_ops_server"]
 
 
 def open_ops_server(config: Config, options: WorkerOptions, metrics: StreamMetrics):
@@ -33,45 +25,3 @@ def open_checkpointer(config: Config, options: WorkerOptions) -> tuple[SnapshotS
     """The snapshot store and its writer (which holds the state directory's writer lock)."""
     checkpointer = Checkpointer.from_config(config, catalog=options.catalog)
     return checkpointer.store, checkpointer
-
-
-def make_source(
-    config: Config,
-    on_assign: PartitionsCallback,
-    on_revoke: PartitionsCallback,
-    on_lost: PartitionsCallback,
-) -> KafkaSource:
-    """The group consumer; the worker retries connecting itself, so one attempt per call."""
-    client = consumer_settings(config.kafka.client)
-    reset = str(client.pop("auto_offset_reset", "earliest"))
-    if "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG:  # kafka-python >= 3
-        client.setdefault("bootstrap_timeout_ms", 5000)
-    return KafkaSource(
-        list(config.kafka.topics),
-        config.kafka.bootstrap_servers,
-        config.kafka.group_id,
-        max_records=config.kafka.max_poll_records,
-        poll_timeout_ms=config.kafka.poll_timeout_ms,
-        on_assign=on_assign,
-        on_revoke=on_revoke,
-        on_lost=on_lost,
-        client_kwargs=client,
-        connect_attempts=1,
-        auto_offset_reset=reset,
-    )
-
-
-def make_dead_letter_sink(config: Config, options: WorkerOptions) -> KafkaDeadLetterSink:
-    """``<topic><dead_letter.topic_suffix>`` (or ``dead_letter.topic``), a few quick retries per write."""
-    producer = producer_settings(config.kafka.client)
-    if "bootstrap_timeout_ms" in KafkaProducer.DEFAULT_CONFIG:
-        producer.setdefault("bootstrap_timeout_ms", 3000)
-    return KafkaDeadLetterSink(
-        config.kafka.bootstrap_servers,
-        topic=config.dead_letter.topic or None,
-        topic_suffix=config.dead_letter.topic_suffix,
-        attempts=options.dead_letter_attempts,
-        backoff=Backoff(0.2, 2.0),
-        send_timeout_s=options.dead_letter_timeout_s,
-        **producer,
-    )

@@ -1,10 +1,11 @@
-"""The dead-letter topic (DESIGN §7): invalid records go to ``<topic>.dlq`` with the reason in headers.
+"""The dead-letter topic (docs/design.md §7): invalid records go to ``<topic>.dlq`` with the reason in headers.
 
 Each dead letter is produced with its original bytes as the value and these headers (UTF-8):
 ``reason``, ``detail``, ``origin_topic``, ``origin_partition``, ``origin_offset`` (Kafka origins) or
 ``origin`` (any other origin, as JSON). A record is never dropped: sends are retried with backoff and,
-when the retries are spent, :meth:`KafkaDeadLetterSink.write` raises :class:`DeadLetterError` so that
-the worker stops consuming instead of moving its offsets past a record it could not park.
+when the retries are spent, :meth:`KafkaDeadLetterSink.write` raises
+:class:`~consumers.sources.DeadLetterError` so that the worker stops consuming instead of moving its
+offsets past a record it could not park.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka import errors as kafka_errors
 
 from consumers.backoff import Backoff
-from consumers.kafka_source import UNAVAILABLE_ERRORS
-from pipeline.errors import ConfigError, StreamlearnError
+from consumers.kafka.errors import UNAVAILABLE_ERRORS
+from consumers.sources import DeadLetterError
+from pipeline.errors import ConfigError
 from pipeline.events import DeadLetter
 
 __all__ = ["ADMIN_KEYS", "DeadLetterError", "KafkaDeadLetterSink", "dead_letter_headers"]
@@ -27,10 +29,6 @@ __all__ = ["ADMIN_KEYS", "DeadLetterError", "KafkaDeadLetterSink", "dead_letter_
 log = logging.getLogger(__name__)
 
 _KAFKA_ORIGIN = ("topic", "partition", "offset")
-
-
-class DeadLetterError(StreamlearnError):
-    """Dead letters could not be stored; consuming must stop rather than lose them."""
 
 
 def dead_letter_headers(dead: DeadLetter) -> list[tuple[str, bytes]]:

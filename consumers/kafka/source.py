@@ -1,211 +1,38 @@
-"""Micro-batches from Kafka (DESIGN §7): a consumer group over kafka-python with manual offsets.
+"""Micro-batches from Kafka (docs/design.md §7): a consumer group over kafka-python with manual offsets.
 
-:class:`KafkaSource` polls a consumer group with ``enable_auto_commit=False``. :meth:`KafkaSource.poll`
-hands out :class:`RawBatch` objects (the record values, their origins as lazily built columns, the
-positions after the batch); :meth:`KafkaSource.poll_partitions` hands out the same records per
-partition as :class:`PartitionRecords`, which is what the worker cuts into offset-aligned
-micro-batches. The snapshot's positions are the truth: on assignment the worker seeks to them, on
-revocation it snapshots and commits, and Kafka's committed offsets are written after each snapshot
+:class:`KafkaSource` polls a consumer group with ``enable_auto_commit=False``; it is the
+:class:`~consumers.sources.PartitionedSource` that the worker drives. :meth:`KafkaSource.poll_partitions`
+hands out the records per partition as :class:`~consumers.sources.PartitionRecords`, which the
+worker cuts into offset-aligned micro-batches (:mod:`consumers.worker.batcher`) and hands to the
+runner as :class:`pipeline.runner.RawBatch`. The snapshot's positions are the truth: on assignment
+the worker seeks to them, on revocation it snapshots and commits, and Kafka's committed offsets are written after each snapshot
 (``consumers/worker`` explains the protocol; commits may carry metadata naming the snapshot).
 
 Positions are keyed ``"topic:partition"`` (topic names cannot contain ``:``) and hold the *next*
-offset to read, as Kafka's committed offsets do. Backoff and bounded retries come from
-:mod:`consumers.backoff` (re-exported here).
-
-Examples
---------
->>> KafkaOrigins(["t"], np.array([0, 0], np.int32), np.array([2, 0], np.int32), np.array([7, 8]))(1)
-{'topic': 't', 'partition': 0, 'offset': 8}
->>> parse_key("clicks.v2:3"), partition_key(TopicPartition("clicks.v2", 3))
-(TopicPartition(topic='clicks.v2', partition=3), 'clicks.v2:3')
+offset to read, as Kafka's committed offsets do. The rebalance listener is in
+:mod:`consumers.kafka.rebalance`, the reads of kafka-python's private state in
+:mod:`consumers.kafka.internals`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 
-import numpy as np
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka import errors as kafka_errors
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
 from consumers.backoff import Backoff
-from consumers.backoff import retry_call as _retry_call
-from pipeline.errors import ConfigError, StreamlearnError
+from consumers.kafka.errors import UNAVAILABLE_ERRORS, retry_call
+from consumers.kafka.internals import cluster_connected, fetch_committed, nudge_rejoin
+from consumers.kafka.rebalance import make_listener
+from consumers.kafka.records import parse_key, partition_key, records_from_consumer
+from consumers.sources import PartitionRecords
+from pipeline.errors import ConfigError
 
-try:  # kafka-python >= 3 runs rebalance listeners on its IO thread
-    from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-except ImportError:  # pragma: no cover - kafka-python 2.x calls listeners inside poll()
-    AsyncConsumerRebalanceListener = None
-
-__all__ = [
-    "UNAVAILABLE_ERRORS",
-    "Backoff",
-    "KafkaOrigins",
-    "KafkaSource",
-    "KafkaSourceError",
-    "KafkaUnavailableError",
-    "PartitionRecords",
-    "RawBatch",
-    "parse_key",
-    "partition_key",
-    "retry_call",
-]
+__all__ = ["KafkaSource", "PartitionsCallback"]
 
 log = logging.getLogger(__name__)
-
-#: Errors meaning "the broker is away (for now)": retried with backoff, never fatal on their own.
-#: kafka-python 2.x raises NoBrokersAvailable where 3.x raises KafkaTimeoutError; retriable errors cover the rest.
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = tuple(
-    getattr(kafka_errors, name)
-    for name in ("NoBrokersAvailable", "KafkaTimeoutError", "KafkaConnectionError", "RetriableError")
-    if hasattr(kafka_errors, name)
-)
-
-
-class KafkaSourceError(StreamlearnError):
-    """The Kafka source cannot go on; the message names the topic, partition or setting."""
-
-
-class KafkaUnavailableError(KafkaSourceError):
-    """The brokers did not answer within the bounded retries."""
-
-
-def retry_call(
-    fn: Callable[[], object],
-    *,
-    attempts: int,
-    backoff: Backoff | None = None,
-    retry_on: tuple[type[BaseException], ...] = UNAVAILABLE_ERRORS,
-    sleep: Callable[[float], None] = time.sleep,
-    what: str = "call",
-):
-    """:func:`consumers.backoff.retry_call` for broker calls: raises :class:`KafkaUnavailableError`."""
-    return _retry_call(
-        fn,
-        attempts=attempts,
-        retry_on=retry_on,
-        backoff=backoff,
-        sleep=sleep,
-        what=what,
-        error=KafkaUnavailableError,
-    )
-
-
-# --------------------------------------------------------------------------- batches
-
-
-@dataclass
-class RawBatch:
-    """One micro-batch of raw records over any partitions, as :meth:`KafkaSource.poll` returns it."""
-
-    values: list[bytes]
-    origins: list[dict] | Callable[[int], dict]
-    positions: dict[str, int]
-    timestamps_ms: np.ndarray | None
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def to_runner_batch(self, received_ms: int | None = None):
-        """The same records as the runner's :class:`pipeline.runner.RawBatch`."""
-        from pipeline.runner import RawBatch as RunnerBatch
-
-        origin = self.origins if callable(self.origins) else self.origins.__getitem__
-        return RunnerBatch(
-            values=self.values, positions=dict(self.positions), origin=origin, received_ms=received_ms
-        )
-
-
-@dataclass
-class PartitionRecords:
-    """The records one poll returned for one partition, as columns (offsets ascending)."""
-
-    key: str
-    values: list[bytes]
-    offsets: np.ndarray
-    timestamps_ms: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    @classmethod
-    def from_consumer_records(cls, tp: TopicPartition, records: list) -> PartitionRecords:
-        n = len(records)
-        return cls(
-            partition_key(tp),
-            [b"" if r.value is None else r.value for r in records],
-            np.fromiter((r.offset for r in records), dtype=np.int64, count=n),
-            np.fromiter((r.timestamp for r in records), dtype=np.int64, count=n),
-        )
-
-
-class KafkaOrigins:
-    """Origins of a batch's records as columns; ``origins(i)`` builds record ``i``'s dict on demand."""
-
-    __slots__ = ("offsets", "partitions", "topic_codes", "topics")
-
-    def __init__(
-        self, topics: list[str], topic_codes: np.ndarray, partitions: np.ndarray, offsets: np.ndarray
-    ):
-        self.topics = topics
-        self.topic_codes = topic_codes
-        self.partitions = partitions
-        self.offsets = offsets
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def __call__(self, i: int) -> dict:
-        return {
-            "topic": self.topics[int(self.topic_codes[i])],
-            "partition": int(self.partitions[i]),
-            "offset": int(self.offsets[i]),
-        }
-
-
-def partition_key(tp: TopicPartition) -> str:
-    """``TopicPartition("clicks", 3)`` -> ``"clicks:3"``."""
-    return f"{tp.topic}:{tp.partition}"
-
-
-def parse_key(key: str) -> TopicPartition:
-    """``"clicks:3"`` -> ``TopicPartition("clicks", 3)``; the message names a malformed key."""
-    topic, sep, part = key.rpartition(":")
-    if not sep or not topic or not part.isdigit():
-        raise ValueError(f"partition key must look like 'topic:partition', got {key!r}")
-    return TopicPartition(topic, int(part))
-
-
-def _batch_from_parts(parts: list[PartitionRecords]) -> RawBatch:
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return _empty_batch()
-    topics: list[str] = []
-    codes, partitions, values = [], [], []
-    for part in parts:
-        tp = parse_key(part.key)
-        if tp.topic not in topics:
-            topics.append(tp.topic)
-        codes.append(np.full(len(part), topics.index(tp.topic), dtype=np.int32))
-        partitions.append(np.full(len(part), tp.partition, dtype=np.int32))
-        values.extend(part.values)
-    offsets = np.concatenate([p.offsets for p in parts])
-    origins = KafkaOrigins(topics, np.concatenate(codes), np.concatenate(partitions), offsets)
-    positions = {p.key: int(p.offsets[-1]) + 1 for p in parts}
-    return RawBatch(values, origins, positions, np.concatenate([p.timestamps_ms for p in parts]))
-
-
-def _empty_batch() -> RawBatch:
-    empty = np.zeros(0, dtype=np.int64)
-    return RawBatch([], KafkaOrigins([], empty.astype(np.int32), empty.astype(np.int32), empty), {}, empty)
-
-
-# --------------------------------------------------------------------------- source
 
 PartitionsCallback = Callable[[list[str]], None]
 
@@ -224,7 +51,7 @@ class KafkaSource:
     max_records
         Most records per micro-batch.
     poll_timeout_ms
-        How long :meth:`poll` waits for records by default.
+        How long :meth:`poll_partitions` waits for records by default.
     on_assign, on_revoke, on_lost
         Called with the sorted partition keys (``"topic:partition"``) on assignment, before
         revocation (the partitions are still owned: snapshot and commit here) and when partitions were
@@ -310,7 +137,9 @@ class KafkaSource:
         self.connect()
         if not self._subscribed:
             self._load_topic_metadata()
-            self._consumer.subscribe(self.topics, listener=_make_listener(self))
+            self._consumer.subscribe(
+                self.topics, listener=make_listener(self._consumer, self._assigned, self._revoked)
+            )
             self._subscribed = True
             self._awaiting_assignment = True
         return self
@@ -369,42 +198,23 @@ class KafkaSource:
         self.close()
 
     def connected(self) -> bool:
-        """Whether the consumer holds a live connection to some broker of the cluster (for readiness).
-
-        kafka-python has no public call for this; ``bootstrap_connected()`` only covers the first
-        bootstrap, so the client's per-node state is read instead.
-        """
-        client = getattr(self._consumer, "_client", None)
-        try:
-            ids = [getattr(b, "node_id", getattr(b, "nodeId", None)) for b in client.cluster.brokers()]
-            return any(client.connected(i) for i in ids if i is not None)
-        except AttributeError:
-            return False
+        """Whether the consumer holds a live connection to some broker of the cluster (for readiness)."""
+        return cluster_connected(self._consumer)
 
     # ------------------------------------------------------------------ batches
-
-    def poll(self, timeout_ms: int | None = None, max_records: int | None = None) -> RawBatch:
-        """The next micro-batch; empty when nothing arrived within ``timeout_ms``."""
-        return _batch_from_parts(self.poll_partitions(timeout_ms, max_records))
 
     def poll_partitions(
         self, timeout_ms: int | None = None, max_records: int | None = None
     ) -> list[PartitionRecords]:
-        """The next records, one :class:`PartitionRecords` per partition that had any."""
+        """The next records, one :class:`PartitionRecords` per partition that had any (none: ``[]``)."""
         timeout = self.poll_timeout_ms if timeout_ms is None else timeout_ms
-        if self._awaiting_assignment:
-            self._nudge_rejoin()
+        if self._awaiting_assignment:  # kafka-python 3.0 can finish a rejoin without applying it
+            nudge_rejoin(self._consumer)
         records = self.consumer.poll(timeout_ms=timeout, max_records=max_records or self.max_records)
-        parts = [PartitionRecords.from_consumer_records(tp, recs) for tp, recs in records.items() if recs]
+        parts = [records_from_consumer(tp, recs) for tp, recs in records.items() if recs]
         for part in parts:
             self._positions[parse_key(part.key)] = int(part.offsets[-1]) + 1
         return parts
-
-    def __iter__(self) -> Iterator[RawBatch]:
-        """Poll forever, yielding every batch (empty ones too, so the caller can check timers and signals)."""
-        self.open()
-        while self._consumer is not None:
-            yield self.poll()
 
     # ------------------------------------------------------------------ offsets
 
@@ -476,14 +286,8 @@ class KafkaSource:
         tps = [parse_key(k) for k in keys]
         if not tps:
             return {}
-        coordinator = getattr(self.consumer, "_coordinator", None)
-        fetch = getattr(coordinator, "fetch_committed_offsets", None)
-        if fetch is not None:
-            found = fetch(tps, timeout_ms=timeout_ms)
-        else:  # pragma: no cover - other kafka-python versions
-            found = {tp: self.consumer.committed(tp, metadata=True) for tp in tps}
         out = {}
-        for tp, om in (found or {}).items():
+        for tp, om in fetch_committed(self.consumer, tps, timeout_ms).items():
             if om is not None and om.offset is not None and om.offset >= 0:
                 out[partition_key(tp)] = (int(om.offset), om.metadata or "")
         return dict(sorted(out.items()))
@@ -573,18 +377,6 @@ class KafkaSource:
 
     # ------------------------------------------------------------------ rebalance
 
-    def _nudge_rejoin(self) -> None:
-        # kafka-python 3.0 race: when a rebalance was triggered by a metadata change and the poll that
-        # ran the revocation timed out while JoinGroup/SyncGroup were in flight, the leader's assignment
-        # clears the trigger, no later poll awaits the finished join, and the consumer stays without
-        # partitions for good. Until the assignment arrives, every poll asks to rejoin: a join still in
-        # flight is awaited again (no new JoinGroup); a finished, unapplied one is redone.
-        # Only under the eager protocol (the default), where every join ends in an assignment callback.
-        coordinator = getattr(self._consumer, "_coordinator", None)
-        protocol = getattr(coordinator, "_rebalance_protocol", None)
-        if getattr(protocol, "name", None) == "EAGER" and hasattr(coordinator, "request_rejoin"):
-            coordinator.request_rejoin()
-
     def _assigned(self, tps: Iterable[TopicPartition]) -> None:
         self._awaiting_assignment = False
         tps = list(tps)
@@ -624,65 +416,3 @@ class KafkaSource:
         return (
             f"KafkaSource(topics={self.topics!r}, group_id={self.group_id!r}, max_records={self.max_records})"
         )
-
-
-def _make_listener(source: KafkaSource):
-    """A rebalance listener that runs the source's callbacks where blocking consumer calls are allowed.
-
-    kafka-python >= 3 invokes listeners on its IO thread, where a blocking call such as ``commit``
-    would deadlock; there the callbacks run on a helper thread while the listener awaits them, which
-    keeps the IO loop (heartbeats, the commit itself) running.
-    """
-    net = getattr(source._consumer, "_net", None)
-    if AsyncConsumerRebalanceListener is None or not hasattr(net, "call_soon_threadsafe"):
-        return _SyncListener(source)
-    return _ThreadedListener(source, net)
-
-
-class _SyncListener(ConsumerRebalanceListener):
-    def __init__(self, source: KafkaSource):
-        self._source = source
-
-    def on_partitions_revoked(self, revoked):
-        self._source._revoked(revoked)
-
-    def on_partitions_assigned(self, assigned):
-        self._source._assigned(assigned)
-
-    def on_partitions_lost(self, lost):
-        self._source._revoked(lost, lost=True)
-
-
-if AsyncConsumerRebalanceListener is not None:
-
-    class _ThreadedListener(AsyncConsumerRebalanceListener):
-        def __init__(self, source: KafkaSource, net):
-            self._source, self._net = source, net
-
-        async def _off_loop(self, fn, *args):
-            from kafka.future import Future
-
-            done = Future()
-
-            def work():
-                try:
-                    value, exc = fn(*args), None
-                except BaseException as e:  # handed back to the coordinator, which re-raises it
-                    value, exc = None, e
-
-                async def resolve():
-                    done.failure(exc) if exc is not None else done.success(value)
-
-                self._net.call_soon_threadsafe(resolve)
-
-            threading.Thread(target=work, name="streamlearn-rebalance", daemon=True).start()
-            return await done
-
-        async def on_partitions_revoked(self, revoked):
-            await self._off_loop(self._source._revoked, revoked)
-
-        async def on_partitions_assigned(self, assigned):
-            await self._off_loop(self._source._assigned, assigned)
-
-        async def on_partitions_lost(self, lost):
-            await self._off_loop(self._source._revoked, lost, True)
