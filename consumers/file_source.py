@@ -222,7 +222,8 @@ class FileSource:
                 table = pa.Table.from_batches(pending)
                 head = table.slice(0, self.batch_size).combine_chunks().to_batches()[0]
                 rest = table.slice(self.batch_size)
-                pending = rest.combine_chunks().to_batches() if rest.num_rows else []
+                # zero-copy slices of the remainder: copying it for every batch was quadratic in a row group
+                pending = [b for b in rest.to_batches() if b.num_rows]
                 pending_rows = rest.num_rows
                 yield RawBatch(
                     arrow=head, positions={path: row + head.num_rows}, origin=_row_origin(path, row)

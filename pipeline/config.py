@@ -33,7 +33,7 @@ from typing import Any
 
 from pipeline.drift.settings import DriftSettings
 from pipeline.errors import ConfigError, require
-from pipeline.events import DEFAULT_EVENT_TYPES
+from pipeline.events.reasons import DEFAULT_EVENT_TYPES
 
 __all__ = ["Config", "LearnerSpec", "config_hash", "load_config"]
 

@@ -41,10 +41,24 @@ class Deduplicator:
         n = len(event_ids)
         if self.window == 0:
             return np.ones(n, dtype=bool)
-        keep = np.zeros(n, dtype=bool)
         seen = self._seen
         ring = self._ring
-        for i, h in enumerate(hash_strings(event_ids, "event_id").tolist()):
+        hashes = hash_strings(event_ids, "event_id")
+        ids = hashes.tolist()
+        if n <= self.window and seen.isdisjoint(ids) and len(set(ids)) == n:
+            # the usual batch, no repeat at all: every id is kept, the oldest overflow leaves the
+            # window, all in bulk (the loop below gives the same ring and set, event by event)
+            evict = max(0, self._size + n - self.window)
+            if evict:
+                oldest = (self._head - self._size) % self.window
+                seen.difference_update(ring[(oldest + np.arange(evict)) % self.window].tolist())
+            ring[(self._head + np.arange(n)) % self.window] = hashes
+            seen.update(ids)
+            self._head = (self._head + n) % self.window
+            self._size = min(self.window, self._size + n)
+            return np.ones(n, dtype=bool)
+        keep = np.zeros(n, dtype=bool)
+        for i, h in enumerate(ids):
             if h in seen:
                 continue
             keep[i] = True

@@ -35,13 +35,14 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.errors import SnapshotError
+
+if TYPE_CHECKING:  # imported where Parquet is read or written: listing snapshots needs no pyarrow
+    import pyarrow as pa
 
 __all__ = [
     "FileEntry",
@@ -168,6 +169,9 @@ def write_array(path: Path, array: np.ndarray) -> FileEntry:
 
 def write_table(path: Path, table: pa.Table) -> FileEntry:
     """A Parquet file (Arrow schema kept in its metadata, so types round-trip exactly)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     # Dictionary encoding pays for repeated strings; for numbers it mostly costs time (3x slower writes).
     strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     # streamed straight into the file: encoding overlaps the writes and no second copy is held
@@ -292,6 +296,9 @@ def read_array(path: Path, expected: FileEntry | None = None) -> np.ndarray:
 
 def read_table(path: Path, expected: FileEntry | None = None) -> pa.Table:
     """A Parquet file as an Arrow table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     buf = read_bytes(path, expected)
     try:
         return pq.read_table(pa.py_buffer(buf))

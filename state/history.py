@@ -6,6 +6,7 @@ columns.
 
 Examples
 --------
+>>> from state.history import DRIFT_SCHEMA, METRICS_SCHEMA
 >>> t = history_table([{"events": 100, "learner": "ftrl", "auc": 0.7, "note": "x"}], METRICS_SCHEMA, seq=3)
 >>> t.column_names
 ['events', 'event_ts_ms', 'learner', 'auc', 'logloss', 'calibration', 'ctr', 'n', 'note', 'snapshot_seq']
@@ -16,9 +17,13 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
+if TYPE_CHECKING:  # imported on first use: `streamlearn state list` reads manifests only
+    import pyarrow as pa
+
+    METRICS_SCHEMA: pa.Schema
+    DRIFT_SCHEMA: pa.Schema
 
 __all__ = ["DRIFT_FILE", "DRIFT_SCHEMA", "HISTORY_FILES", "METRICS_FILE", "METRICS_SCHEMA", "history_table"]
 
@@ -26,33 +31,45 @@ METRICS_FILE = "metrics.parquet"
 DRIFT_FILE = "drift_events.parquet"
 HISTORY_FILES = (METRICS_FILE, DRIFT_FILE)
 
-#: one row per learner every ``evaluation.report_every`` events (``Runner.take_history``)
-METRICS_SCHEMA = pa.schema(
-    [
-        ("events", pa.int64()),
-        ("event_ts_ms", pa.int64()),
-        ("learner", pa.string()),
-        ("auc", pa.float64()),
-        ("logloss", pa.float64()),
-        ("calibration", pa.float64()),
-        ("ctr", pa.float64()),
-        ("n", pa.int64()),
-    ]
-)
-#: one row per drift alarm
-DRIFT_SCHEMA = pa.schema(
-    [
-        ("ts_ms", pa.int64()),
-        ("events", pa.int64()),
-        ("signal", pa.string()),
-        ("detector", pa.string()),
-        ("score", pa.float64()),
-    ]
-)
+# The schemas are built on first use (PEP 562 __getattr__ below): field names and pyarrow type names.
+_SCHEMAS = {
+    #: one row per learner every ``evaluation.report_every`` events (``Runner.take_history``)
+    "METRICS_SCHEMA": (
+        ("events", "int64"),
+        ("event_ts_ms", "int64"),
+        ("learner", "string"),
+        ("auc", "float64"),
+        ("logloss", "float64"),
+        ("calibration", "float64"),
+        ("ctr", "float64"),
+        ("n", "int64"),
+    ),
+    #: one row per drift alarm
+    "DRIFT_SCHEMA": (
+        ("ts_ms", "int64"),
+        ("events", "int64"),
+        ("signal", "string"),
+        ("detector", "string"),
+        ("score", "float64"),
+    ),
+}
+
+
+def __getattr__(name: str):
+    fields = _SCHEMAS.get(name)
+    if fields is None:
+        raise AttributeError(f"module 'state.history' has no attribute {name!r}")
+    import pyarrow as pa
+
+    value = pa.schema([(field, getattr(pa, kind)()) for field, kind in fields])
+    globals()[name] = value
+    return value
 
 
 def history_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema, seq: int) -> pa.Table:
     """``rows`` as a table with ``schema``'s columns first (typed even when empty), extra keys kept."""
+    import pyarrow as pa
+
     table = pa.Table.from_pylist(list(rows)) if rows else pa.table({})
     columns, fields = [], []
     for f in schema:

@@ -1,4 +1,4 @@
-"""Atomic, verified snapshots of a runner's state (DESIGN §6).
+"""Atomic, verified snapshots of a runner's state (docs/design.md §6).
 
 Layout::
 
@@ -42,12 +42,14 @@ import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import SnapshotError
-from pipeline.learners.base import StateBundle
 from state import codec
-from state.history import DRIFT_FILE, DRIFT_SCHEMA, HISTORY_FILES, METRICS_FILE, METRICS_SCHEMA, history_table
+from state.history import DRIFT_FILE, HISTORY_FILES, METRICS_FILE
+
+if TYPE_CHECKING:  # imported where bundles are built: listing snapshots needs no pyarrow
+    from pipeline.learners.base import StateBundle
 
 __all__ = ["FORMAT_VERSION", "SnapshotStore", "check_writable", "safe_name"]
 
@@ -183,6 +185,8 @@ class SnapshotStore:
             # 2. every bundle's files, hashed while written and fsynced
             learners = self._write_bundles(tmp, bundles, kinds or {}, files)
             # 3. the history since the previous snapshot
+            from state.history import DRIFT_SCHEMA, METRICS_SCHEMA, history_table
+
             for fname, rows, schema in (
                 (METRICS_FILE, history, METRICS_SCHEMA),
                 (DRIFT_FILE, drift_events, DRIFT_SCHEMA),
@@ -272,6 +276,8 @@ class SnapshotStore:
 
     def read(self, seq: int) -> tuple[dict[str, Any], dict[str, StateBundle]]:
         """Manifest and bundles of ``seq``, every file verified as it is read."""
+        from pipeline.learners.base import StateBundle
+
         manifest = self.read_manifest(seq)
         base = self.path(seq)
         files = manifest["files"]

@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from consumers.commands.common import positive_int, write_json
-from consumers.file_source import FileSource
 from pipeline.config import Config, load_config
 from pipeline.errors import ConfigError
-from pipeline.events import EventRules, decode_arrow, decode_json
-from pipeline.features import FeatureBatch, FeatureSpec, Featurizer
+
+if TYPE_CHECKING:  # imported where used: `--help` needs neither pyarrow nor torch
+    from consumers.file_source import FileSource
+    from pipeline.features import FeatureBatch
 
 __all__ = ["register", "run"]
 
@@ -85,6 +87,9 @@ def _neural_params(config: Config) -> dict:
 
 
 def _feature_batches(source: FileSource, config: Config, dead: list[int]) -> Iterator[FeatureBatch]:
+    from pipeline.events import EventRules, decode_arrow, decode_json
+    from pipeline.features import FeatureSpec, Featurizer
+
     ev = config.events
     rules = EventRules(ev.max_record_bytes, tuple(ev.event_types), ev.max_features)
     fs = config.features
@@ -99,6 +104,7 @@ def _feature_batches(source: FileSource, config: Config, dead: list[int]) -> Ite
 
 
 def run(args: argparse.Namespace) -> int:
+    from consumers.file_source import FileSource
     from pipeline.learners.neural import NeuralRanker, pretrain
 
     config = load_config(args.config)

@@ -27,12 +27,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from consumers.commands.produce import add_kafka_target_arguments, open_writer, send_all
 from pipeline.errors import ConfigError
-from pipeline.simulate import SIM_SCHEMA, TRUTH_FIELDS, SimConfig, Simulator, default_drifts, parse_drift
+from pipeline.simulation.config import SimConfig, default_drifts, parse_drift
+
+if TYPE_CHECKING:  # the stream and its writers need numpy and pyarrow: imported where used, not for --help
+    from pipeline.simulate import Simulator
 
 __all__ = ["WriteSummary", "main", "register", "run", "write_stream"]
 
@@ -114,6 +116,10 @@ def _write_jsonl(sim, tmp: Path, n_events, invalid_fraction, include_truth, gz: 
 
 
 def _write_parquet(sim, tmp: Path, n_events, invalid_fraction, include_truth, chunk_size) -> int:
+    import pyarrow.parquet as pq
+
+    from pipeline.simulate import SIM_SCHEMA, TRUTH_FIELDS
+
     schema = SIM_SCHEMA.append(TRUTH_FIELDS[0]).append(TRUTH_FIELDS[1]) if include_truth else SIM_SCHEMA
     rows = 0
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
@@ -232,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
     if beyond:
         return _usage_error(f"argument --drift: {', '.join(beyond)} is at or beyond --events {args.events}")
     schedule = "; ".join(d.spec() for d in config.drifts) or "none"
+    from pipeline.simulate import Simulator
+
     if getattr(args, "to_kafka", False):
         return _to_kafka(args, Simulator(config), schedule)
     summary = write_stream(Simulator(config), args.out, args.events, args.invalid_fraction, args.truth)

@@ -16,11 +16,13 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, SnapshotError
-from state.snapshot import SnapshotStore
+
+if TYPE_CHECKING:  # imported in _open_store: `streamlearn state --help` needs no numpy
+    from state.snapshot import SnapshotStore
 
 __all__ = ["register", "run"]
 
@@ -92,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _open_store(args: argparse.Namespace) -> SnapshotStore:
+    from state.snapshot import SnapshotStore
+
     state_dir = args.state_dir or load_config(args.config).snapshot.dir
     if not state_dir:
         raise _UsageError(

@@ -7,9 +7,7 @@ import json
 import sys
 
 from consumers.commands.common import positive_int
-from consumers.file_source import FileSource
 from pipeline.config import load_config
-from pipeline.events import EventRules, attach_origins, decode_arrow, decode_json
 
 __all__ = ["register", "run"]
 
@@ -33,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from consumers.file_source import FileSource  # here, not at the top: `--help` needs no pyarrow
+    from pipeline.events import EventRules, attach_origins, decode_arrow, decode_json
+
     config = load_config(args.config)
     ev = config.events
     rules = EventRules(ev.max_record_bytes, tuple(ev.event_types), ev.max_features)

@@ -41,13 +41,15 @@ Examples
 from __future__ import annotations
 
 import abc
+import importlib
+import importlib.util
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from river import drift as river_drift
 
 from pipeline.drift.settings import DriftSettings
 from pipeline.drift.windows import SlidingBlocks
@@ -60,6 +62,34 @@ _EPS = 1e-4
 _EWMA_BLOCK = 256  # keeps decay**-k finite for any half-life >= 1
 
 
+def _river_detector(module: str, name: str) -> type:
+    """The class ``name`` of ``river/drift/<module>.py``, imported on first use.
+
+    ``import river.drift`` (and so any ``river.drift.<module>``, which runs the package's
+    ``__init__`` first) imports river's datasets and through them scikit-learn and scipy: about a
+    second, for an ADWIN that needs only ``river.base`` and river's compiled window. So the detector's
+    own module is loaded from its file under its usual name, without the package ``__init__``; a
+    later ``import river.drift`` finds it in ``sys.modules`` and binds the same class. Any other
+    river layout takes the ordinary import.
+    """
+    full = f"river.drift.{module}"
+    mod = sys.modules.get(full)
+    if mod is None and "river.drift" not in sys.modules:
+        try:
+            import river
+
+            spec = importlib.util.spec_from_file_location(full, f"{river.__path__[0]}/drift/{module}.py")
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[full] = mod
+            spec.loader.exec_module(mod)
+        except Exception:  # pragma: no cover - another river layout
+            sys.modules.pop(full, None)
+            mod = None
+    if mod is None:
+        mod = importlib.import_module(full)
+    return getattr(mod, name)
+
+
 class ChangeDetector(abc.ABC):
     """A river detector fed a whole array at a time; :meth:`feed` returns ``(index, went_up)`` per change.
 
@@ -67,7 +97,11 @@ class ChangeDetector(abc.ABC):
     """
 
     name = ""
-    river_class: Any = None
+    river_module, river_name = "", ""  # river's class: river.drift.<river_module>.<river_name>
+
+    @property
+    def river_class(self) -> type:
+        return _river_detector(self.river_module, self.river_name)
 
     def __init__(self, params: Mapping[str, Any] | None = None):
         self.params = dict(params or {})
@@ -90,7 +124,7 @@ class ChangeDetector(abc.ABC):
 
 class Adwin(ChangeDetector):
     name = "adwin"
-    river_class = river_drift.ADWIN
+    river_module, river_name = "adwin", "ADWIN"
 
     def feed(self, x: np.ndarray) -> list[tuple[int, bool | None]]:
         det = self._det
@@ -117,7 +151,7 @@ class Adwin(ChangeDetector):
 
 class PageHinkley(ChangeDetector):
     name = "page_hinkley"
-    river_class = river_drift.PageHinkley
+    river_module, river_name = "page_hinkley", "PageHinkley"
 
     def feed(self, x: np.ndarray) -> list[tuple[int, bool | None]]:
         det = self._det
@@ -133,7 +167,7 @@ class PageHinkley(ChangeDetector):
 
 class Kswin(ChangeDetector):
     name = "kswin"
-    river_class = river_drift.KSWIN
+    river_module, river_name = "kswin", "KSWIN"
 
     def __init__(self, params: Mapping[str, Any] | None = None):
         super().__init__(params)

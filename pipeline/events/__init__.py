@@ -1,4 +1,4 @@
-"""The event (DESIGN §3): decoding and validation of micro-batches.
+"""The event (docs/design.md §3): decoding and validation of micro-batches.
 
 A micro-batch arrives either as raw JSON values (Kafka record values, JSONL lines) or as an Arrow
 record batch (Parquet, CSV). Both paths produce the same columnar :class:`EventBatch` plus one
@@ -11,6 +11,7 @@ Reasons (the ``reason`` label of ``streamlearn_dead_letter_total``) are the cons
 
 Examples
 --------
+>>> from pipeline.events import EventRules, decode_json
 >>> records = [b'{"event_id": "e1", "ts": 1700000000000, "user_id": "u1", "item_id": "i1", "label": 1}',
 ...            b'{"event_id": "e2", "ts": 1700000000001, "user_id": "u1", "label": 0}',
 ...            b'{"event_id": ']
@@ -19,17 +20,20 @@ Examples
 (1, [(1, 'missing_field', "missing required field 'item_id'"), (2, 'malformed_json', 'invalid JSON: unexpected end of data: line 1 column 14 (char 13)')])
 """
 
-from pipeline.events.arrow_path import decode_arrow
-from pipeline.events.json_path import decode_json
-from pipeline.events.schema import (
-    DEFAULT_EVENT_TYPES,
-    EVENT_SCHEMA,
-    REASONS,
-    DeadLetter,
-    EventBatch,
-    EventRules,
-    attach_origins,
-)
+from __future__ import annotations
+
+import importlib
+
+# Names are imported on first use (PEP 562): the configuration and the CLI's argument parsing
+# import the constants of pipeline.events.reasons, and pyarrow and numpy cost more than a bare
+# interpreter's whole start.
+_EXPORTS = {
+    "arrow_path": ("decode_arrow",),
+    "json_path": ("decode_json",),
+    "reasons": ("DEFAULT_EVENT_TYPES", "REASONS"),
+    "schema": ("EVENT_SCHEMA", "DeadLetter", "EventBatch", "EventRules", "attach_origins"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "DEFAULT_EVENT_TYPES",
@@ -42,3 +46,16 @@ __all__ = [
     "decode_arrow",
     "decode_json",
 ]
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline.events' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"pipeline.events.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

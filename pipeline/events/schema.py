@@ -9,32 +9,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-MALFORMED_JSON = "malformed_json"
-NOT_UTF8 = "not_utf8"
-NOT_AN_OBJECT = "not_an_object"
-EMPTY_RECORD = "empty_record"
-OVERSIZED = "oversized"
-MISSING_FIELD = "missing_field"
-WRONG_TYPE = "wrong_type"
-NON_FINITE = "non_finite"
-OUT_OF_RANGE = "out_of_range"
-BAD_TIMESTAMP = "bad_timestamp"
-UNKNOWN_EVENT_TYPE = "unknown_event_type"
-REASONS = (
-    MALFORMED_JSON,
-    NOT_UTF8,
-    NOT_AN_OBJECT,
-    EMPTY_RECORD,
-    OVERSIZED,
-    MISSING_FIELD,
-    WRONG_TYPE,
-    NON_FINITE,
-    OUT_OF_RANGE,
+from pipeline.events.reasons import (  # noqa: F401 - re-exported: the reasons' historical home
     BAD_TIMESTAMP,
+    DEFAULT_EVENT_TYPES,
+    EMPTY_RECORD,
+    MALFORMED_JSON,
+    MISSING_FIELD,
+    NON_FINITE,
+    NOT_AN_OBJECT,
+    NOT_UTF8,
+    OUT_OF_RANGE,
+    OVERSIZED,
+    REASONS,
     UNKNOWN_EVENT_TYPE,
+    WRONG_TYPE,
 )
-
-DEFAULT_EVENT_TYPES = ("impression", "view", "click", "add_to_cart", "order", "purchase", "feedback")
 
 EVENT_SCHEMA = pa.schema(
     [

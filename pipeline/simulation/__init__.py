@@ -1,11 +1,20 @@
 """Synthetic interaction streams with known drift, position bias and logging propensities (see :mod:`pipeline.simulate`)."""
 
-from pipeline.simulation.config import DRIFT_KINDS, Drift, SimConfig, default_drifts, parse_drift
-from pipeline.simulation.environment import Contexts, Environment
-from pipeline.simulation.logging_policy import LoggingPolicy
-from pipeline.simulation.records import SIM_SCHEMA, TRUTH_FIELDS, to_json_lines
-from pipeline.simulation.stream import JsonChunk, Simulator
-from pipeline.simulation.world import CATEGORIES, DEVICES, World, examination
+from __future__ import annotations
+
+import importlib
+
+# Names are imported on first use (PEP 562): ``streamlearn simulate --help`` reads SimConfig's
+# defaults from .config, which needs neither numpy nor pyarrow.
+_EXPORTS = {
+    "config": ("DRIFT_KINDS", "Drift", "SimConfig", "default_drifts", "parse_drift"),
+    "environment": ("Contexts", "Environment"),
+    "logging_policy": ("LoggingPolicy",),
+    "records": ("SIM_SCHEMA", "TRUTH_FIELDS", "to_json_lines"),
+    "stream": ("JsonChunk", "Simulator"),
+    "world": ("CATEGORIES", "DEVICES", "World", "examination"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "CATEGORIES",
@@ -26,3 +35,16 @@ __all__ = [
     "parse_drift",
     "to_json_lines",
 ]
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline.simulation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"pipeline.simulation.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
