@@ -1,4 +1,4 @@
-"""Featurisation (DESIGN §4): stable hashing of ids and categorical features, numeric features.
+"""Featurisation (docs/design.md §4): stable hashing of ids and categorical features, numeric features.
 
 An :class:`EventBatch` becomes a :class:`FeatureBatch`: a CSR matrix of hashed feature keys
 (uint64, see :mod:`pipeline.hashing`) and values, plus the id hashes and columns that learners

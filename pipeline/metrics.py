@@ -1,4 +1,4 @@
-"""Every Prometheus metric of streamlearn, defined in one place (DESIGN §8).
+"""Every Prometheus metric of streamlearn, defined in one place (docs/design.md §8).
 
 Names follow Prometheus conventions: the ``streamlearn_`` prefix, units in the name, ``_total``
 for counters. Label sets are small and fixed — learner, policy, stage, reason, signal names —
@@ -32,10 +32,12 @@ from prometheus_client import (
     generate_latest,
 )
 
+from pipeline.observers import GaugeSource
+
 # `_created` timestamps double the series count and no dashboard uses them
 disable_created_metrics()
 
-__all__ = ["METRIC_NAMES", "StreamMetrics"]
+__all__ = ["METRIC_NAMES", "SnapshotMetrics", "StreamMetrics"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _FRESHNESS_BUCKETS = (
@@ -202,22 +204,21 @@ class StreamMetrics:
             if not math.isnan(m["calibration"]):
                 self.model_calibration.labels(learner=name).set(m["calibration"])
         for learner in runner.learners:
-            gauges = getattr(learner, "gauges", None)
-            if gauges is None:
-                continue
-            for metric, labels, value in gauges():
-                self.set_named(metric, labels, value)
+            if isinstance(learner, GaugeSource):
+                for metric, labels, value in learner.gauges():
+                    self.set_named(metric, labels, value)
 
-    def record_snapshots(self, checkpointer: Any) -> None:
-        """Drain a checkpointer's finished snapshots into the snapshot metrics (consuming thread)."""
-        for result in checkpointer.take_results():
-            if result.ok:
-                self.snapshot_duration.observe(result.duration_s)
-            else:
-                self.snapshot_failures.inc()
-        last = checkpointer.stats().get("last_success_ts")
-        if last:
-            self.snapshot_last_success.set(last)
+    def observe_snapshot(self, result: Any) -> None:
+        """Count one finished snapshot (a :class:`state.checkpoint.SnapshotResult`).
+
+        The one route for snapshot metrics: the replay's :class:`SnapshotMetrics` observer and the
+        worker's commit coordinator both hand every result they drain to this method.
+        """
+        if result.ok:
+            self.snapshot_duration.observe(result.duration_s)
+            self.snapshot_last_success.set(time.time())
+        else:
+            self.snapshot_failures.inc()
 
     def set_named(self, metric: str, labels: dict[str, str], value: float) -> None:
         """Set a gauge (or advance a counter to ``value``) by its metric name; unknown names are an error."""
@@ -256,3 +257,19 @@ def _version() -> str:
 
 #: every metric name exposed (counters with their ``_total`` suffix; histograms add _bucket/_sum/_count)
 METRIC_NAMES = frozenset(StreamMetrics()._by_name())
+
+
+class SnapshotMetrics:
+    """Runner observer that drains a checkpointer's finished snapshots into :class:`StreamMetrics`.
+
+    Used where the checkpointer is itself an observer (replays); the worker's commit coordinator
+    drains the results for its commits and hands them to :meth:`StreamMetrics.observe_snapshot`.
+    """
+
+    def __init__(self, checkpointer: Any, metrics: StreamMetrics):
+        self.checkpointer = checkpointer
+        self.metrics = metrics
+
+    def on_batch(self, runner: Any, result: Any) -> None:
+        for snapshot in self.checkpointer.take_results():
+            self.metrics.observe_snapshot(snapshot)

@@ -1,4 +1,4 @@
-"""The prequential loop (DESIGN §4): decode → validate → featurise → for each learner predict,
+"""The prequential loop (docs/design.md §4): decode → validate → featurise → for each learner predict,
 evaluate, then learn — one micro-batch at a time, identically for replays and live Kafka.
 
 The runner owns no I/O: raw batches come from a source, invalid records go to a dead-letter
@@ -34,6 +34,7 @@ from pipeline.events import DeadLetter, EventBatch, EventRules, attach_origins, 
 from pipeline.features import FeatureBatch, FeatureSpec, Featurizer
 from pipeline.learners.base import Learner, StateBundle
 from pipeline.learners.registry import build_learner
+from pipeline.observers import DriftEventSource, RunnerObserver, StatefulObserver
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +85,6 @@ class BatchResult:
     durations: dict[str, float]
     positions: dict[str, int]
     applied_at_ms: int
-
-
-class RunnerObserver(Protocol):
-    def on_batch(self, runner: Runner, result: BatchResult) -> None: ...
 
 
 class Runner:
@@ -145,7 +142,16 @@ class Runner:
 
     @classmethod
     def from_config(cls, config: Config, dead_letters: DeadLetterSink | None = None, **kwargs) -> Runner:
+        """A runner over the configured learners. Entry points use :func:`consumers.stack.build_stack`,
+        which adds the observers."""
         learners = [build_learner(s.kind, s.label, dict(s.params)) for s in config.learners]
+        return cls.with_config(config, learners, dead_letters, **kwargs)
+
+    @classmethod
+    def with_config(
+        cls, config: Config, learners: Sequence[Learner], dead_letters: DeadLetterSink | None = None, **kwargs
+    ) -> Runner:
+        """A runner over ``learners`` with every other setting (events, features, evaluation) from ``config``."""
         ev = config.events
         return cls(
             learners,
@@ -247,9 +253,8 @@ class Runner:
         """Drift alarms raised since the last call, from every observer that records them."""
         rows: list[dict[str, Any]] = []
         for obs in self.observers:
-            take = getattr(obs, "take_events", None)
-            if take is not None:
-                rows.extend(take())
+            if isinstance(obs, DriftEventSource):
+                rows.extend(obs.take_events())
         return rows
 
     def take_history(self) -> list[dict[str, Any]]:
@@ -285,9 +290,8 @@ class Runner:
             bundles[learner.name] = learner.state()
         for obs in self.observers:
             # stateful observers (drift detectors) resume with the model they watch
-            key = getattr(obs, "state_key", None)
-            if key is not None:
-                bundles[key] = obs.state()
+            if isinstance(obs, StatefulObserver):
+                bundles[obs.state_key] = obs.state()
         return bundles
 
     def load_state(self, bundles: dict[str, StateBundle]) -> None:
@@ -310,10 +314,9 @@ class Runner:
         for learner in self.learners:
             learner.load_state(bundles[learner.name])
         for obs in self.observers:
-            key = getattr(obs, "state_key", None)
-            if key is not None and key in bundles:
+            if isinstance(obs, StatefulObserver) and obs.state_key in bundles:
                 try:
-                    obs.load_state(bundles[key])
+                    obs.load_state(bundles[obs.state_key])
                 except (ValueError, KeyError) as exc:
                     # observer settings are not part of the config hash: start it afresh rather than fail
-                    logger.warning("could not restore %s state (%s); starting it afresh", key, exc)
+                    logger.warning("could not restore %s state (%s); starting it afresh", obs.state_key, exc)

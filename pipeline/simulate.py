@@ -20,7 +20,7 @@ The public face of :mod:`pipeline.simulation` (one module per concern there):
 * :class:`Simulator` (``simulation/stream.py``): the logged stream, as Arrow record batches
   (``features`` is a struct column) or JSON lines, optionally with injected invalid records.
 
-Every event follows DESIGN §3: ``event_id`` ``"e<n>"`` (``n`` = the valid event index), ``ts``
+Every event follows docs/design.md §3: ``event_id`` ``"e<n>"`` (``n`` = the valid event index), ``ts``
 (ms, increasing with exponential gaps; ``late_fraction`` of them out of order), ``user_id``
 ``"u<n>"``, ``item_id`` ``"i<n>"``, ``label`` 0/1, ``event_type`` ``"impression"``,
 ``position``, ``propensity``, ``request_id`` ``"r<n>"`` and ``features`` ``{device, hour,

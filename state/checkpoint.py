@@ -131,7 +131,7 @@ class Checkpointer:
     drift_source
         Called at each snapshot for the drift events since the previous one (dicts with
         ``ts_ms, events, signal, detector, score``); defaults to ``runner.take_drift_events``
-        when the runner has one.
+        (every :class:`~pipeline.observers.DriftEventSource` observer of the runner).
     on_config_mismatch
         ``"error"`` (default): :meth:`restore` refuses a snapshot written under another
         configuration; ``"warn"``: load it anyway, with a warning.
@@ -272,7 +272,7 @@ class Checkpointer:
                 SnapshotResult(False, time.perf_counter() - started, records, error=f"state(): {exc}")
             )
             return None
-        take_drift = self.drift_source or getattr(runner, "take_drift_events", None)
+        take_drift = self.drift_source or runner.take_drift_events
         with self._mutex:
             history, drift = self._carry
             self._carry = ([], [])
@@ -282,7 +282,7 @@ class Checkpointer:
             counters=dict(runner.counters),
             kinds={"_runner": "runner"} | {lr.name: lr.kind for lr in runner.learners},
             history=history + runner.take_history(),
-            drift=drift + (list(take_drift()) if take_drift is not None else []),
+            drift=drift + list(take_drift()),
         )
 
     def _failed(self, result: SnapshotResult, job: _Job | None = None) -> SnapshotResult:

@@ -1,6 +1,6 @@
 """Shared pytest fixtures.
 
-Kafka (DESIGN §9): one real broker per test session, started on first use by ``kafka_broker``; tests
+Kafka (docs/design.md §9): one real broker per test session, started on first use by ``kafka_broker``; tests
 that use it are marked ``kafka`` automatically. Factory fixtures give each test its own topics.
 Prometheus: ``prometheus_server`` (:mod:`tests.prometheus.fixtures`), one real server per session.
 """

@@ -1,4 +1,4 @@
-"""The learner conformance suite: every learner must pass it (STYLE §3, DESIGN §5).
+"""The learner conformance suite: every learner must pass it (STYLE §3, docs/design.md §5).
 
 To add a learner, append a :class:`Case` to ``CONFORMANCE_LEARNERS`` (its ``kind`` and ``params``
 as the configuration would give them). Each case is checked for:

@@ -1,10 +1,10 @@
-"""A real Prometheus scrapes the pipeline under the simulator's stream (DESIGN §9): every PromQL
-expression of every dashboard panel, variable, annotation and alert rule is accepted and returns
-data; the drift alert fires after the stream's drift.
+"""A real Prometheus scrapes a real ``streamlearn worker`` under the simulator's stream
+(docs/architecture.md, "Prometheus and Grafana"): every PromQL expression of every dashboard panel,
+variable, annotation and alert rule is accepted and returns data — consumer lag included — and the
+drift alert fires after the stream's drift.
 
-The scrape target is :class:`tests.prometheus.target.ReplayTarget` (the real runner, metrics,
-drift monitor, checkpointer and ops server over the simulator's stream); only
-:data:`~tests.prometheus.target.NEEDS_WORKER` metrics (Kafka consumer lag) need the Kafka worker.
+The scrape target is :class:`tests.prometheus.target.WorkerTarget`: the worker process consuming a
+real broker's topic, so a worker that misses an observer (the drift monitor, say) fails here.
 """
 
 from __future__ import annotations
@@ -21,32 +21,32 @@ from tests.prometheus.promql import (
     comparisons_as_bool,
     dashboard_queries,
     grafana_to_promql,
-    metric_names,
 )
 from tests.prometheus.server import PrometheusServer
-from tests.prometheus.target import NEEDS_WORKER, ReplayTarget
+from tests.prometheus.target import WorkerTarget
 
-pytestmark = pytest.mark.prometheus
+pytestmark = [pytest.mark.prometheus, pytest.mark.kafka]
 
 EVENTS_BEFORE_QUERYING = 30_000  # past the drift at 15,000 and its detection, with snapshots written
 
 
 @pytest.fixture(scope="module")
-def scraped(prometheus_server: PrometheusServer, tmp_path_factory):
-    target = ReplayTarget(tmp_path_factory.mktemp("replay-state"), n_events=90_000, rate=4000.0)
-    target.start()
+def scraped(prometheus_server: PrometheusServer, kafka_broker, tmp_path_factory):
+    kafka_broker.ensure_running()
+    target = WorkerTarget(kafka_broker, tmp_path_factory.mktemp("worker-target"), n_events=400_000)
     try:
+        prometheus_server.wait_for(target.ready, 120, "the worker to own its partitions")
         prometheus_server.set_targets([target.address])
         prometheus_server.wait_for(
             lambda: bool(prometheus_server.query("streamlearn_build_info")),
             60,
-            "the first scrape of the target",
+            "the first scrape of the worker",
         )
-        target.begin.set()
+        target.begin()
         prometheus_server.wait_for(
-            lambda: target.done.is_set() or target.runner.counters["applied"] >= EVENTS_BEFORE_QUERYING,
-            60,
-            f"the target to apply {EVENTS_BEFORE_QUERYING:,} events",
+            lambda: target.applied() >= EVENTS_BEFORE_QUERYING or target.error is not None,
+            120,
+            f"the worker to apply {EVENTS_BEFORE_QUERYING:,} events",
         )
         assert target.error is None, target.error
         time.sleep(3)  # a few more scrapes, so that every rate() window holds several samples
@@ -54,10 +54,6 @@ def scraped(prometheus_server: PrometheusServer, tmp_path_factory):
     finally:
         prometheus_server.set_targets([])
         target.stop()
-
-
-def _needs_worker(q: Query) -> bool:
-    return bool(metric_names(q.expr) & set(NEEDS_WORKER))
 
 
 def _has_finite_value(result: list) -> bool:
@@ -77,8 +73,6 @@ def test_dashboard_query_is_accepted_and_returns_data(scraped, query: Query):
     server, _ = scraped
     expr = grafana_to_promql(query.expr)
     result = server.query(expr)  # raises PrometheusError with Prometheus's message if rejected
-    if _needs_worker(query):
-        pytest.xfail(f"needs the Kafka worker: {', '.join(NEEDS_WORKER)}")
     if query.where.startswith("annotation"):
         # the annotation marks alarms: it has data once a drift alarm was counted in the last 2 minutes
         server.wait_for(lambda: bool(server.query(expr)), 30, "a drift alarm annotation")
@@ -99,15 +93,18 @@ def test_alert_rule_is_healthy_and_its_comparisons_return_data(scraped, rule: Qu
     )
     (state,) = [r for r in server.rules() if r["name"] == name]
     assert state["health"] == "ok", state.get("lastError")
-    result = server.query(comparisons_as_bool(rule.expr))
-    if _needs_worker(rule):
-        pytest.xfail(f"needs the Kafka worker: {', '.join(NEEDS_WORKER)}")
-    assert result, f"{name}: no series behind {rule.expr}"
+    # deriv() and increase() need two samples of a series: give the scraper a few intervals
+    server.wait_for(
+        lambda: bool(server.query(comparisons_as_bool(rule.expr))),
+        60,
+        f"{name}: series behind {rule.expr}",
+    )
 
 
 def test_drift_alert_fires_after_the_streams_drift(scraped):
-    server, target = scraped
-    assert any(a["signal"].startswith("loss:") for a in target.drift.alarms), list(target.drift.alarms)
+    server, _ = scraped
+    alarms = server.query('streamlearn_drift_detected_total{signal=~"loss:.+"}')
+    assert alarms, "the worker raised no loss-signal drift alarm"
     expr = 'ALERTS{alertname="StreamlearnDriftDetected", alertstate="firing"}'
 
     def loss_alert_firing() -> bool:

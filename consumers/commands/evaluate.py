@@ -73,44 +73,40 @@ import json
 import math
 import sys
 from statistics import NormalDist
-from typing import Any
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from consumers.commands.common import config_from_args, positive_int
-from consumers.file_source import FileSource
 from pipeline.config import Config
-from pipeline.dedup import Deduplicator
 from pipeline.errors import ConfigError
-from pipeline.events import EventRules, decode_arrow, decode_json
-from pipeline.features import FeatureSpec
-from pipeline.learners.bandits import POLICIES, BanditPolicy
-from pipeline.learners.bandits.offpolicy import (
-    PrequentialEvaluation,
-    check_target_table,
-    item_position_model,
-    join_item_position,
-)
-from pipeline.learners.registry import build_learner
-from pipeline.ope import IPS, SNIPS, DoublyRobust, Interval, LoggedBandit, Replay
-from pipeline.runner import Runner
+
+if TYPE_CHECKING:  # numpy, pyarrow and the learners are imported where used: `--help` needs none
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline.events import EventRules
+    from pipeline.learners.bandits import BanditPolicy
+    from pipeline.ope import Interval
 
 __all__ = ["register", "run"]
 
-ESTIMATORS = {"ips": IPS, "snips": SNIPS, "dr": DoublyRobust, "replay": Replay}
+ESTIMATORS = ("ips", "snips", "dr", "replay")
+#: the bandit kinds of pipeline.learners.bandits.POLICIES (a test keeps the two equal)
+POLICY_KINDS = ("linucb", "diag_linucb", "linear_ts", "beta_ts", "epsilon_greedy")
 DEFAULT_DIM = 16
 _FIELDS = ("value", "lower", "upper", "std_error", "ess", "n")
-_LOG_SCHEMA = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("label", pa.float64()),
-        ("propensity", pa.float64()),
-        ("position", pa.int64()),
-    ]
-)
+
+
+def _log_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("item_id", pa.string()),
+            ("label", pa.float64()),
+            ("propensity", pa.float64()),
+            ("position", pa.int64()),
+        ]
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -134,7 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     target.add_argument(
         "--policy",
         metavar="NAME",
-        help=f"bandit kind ({', '.join(POLICIES)}) or configured bandit learner name, learned on the log",
+        help=f"bandit kind ({', '.join(POLICY_KINDS)}) or configured bandit learner name, learned on the log",
     )
     target.add_argument(
         "--target-probs",
@@ -214,12 +210,21 @@ def _parse_estimators(text: str) -> list[str]:
 
 
 def _rules(config: Config) -> EventRules:
+    from pipeline.events import EventRules
+
     ev = config.events
     return EventRules(ev.max_record_bytes, tuple(ev.event_types), ev.max_features)
 
 
 def _read_log(args: argparse.Namespace, config: Config) -> tuple[pa.Table, dict[str, int]]:
     """Valid, deduplicated events (item_id, label, propensity, position) in log order, and counts."""
+    import pyarrow as pa
+
+    from consumers.file_source import FileSource
+    from pipeline.dedup import Deduplicator
+    from pipeline.events import decode_arrow, decode_json
+
+    log_schema = _log_schema()
     rules, dedup = _rules(config), Deduplicator(config.events.dedup_window)
     source = FileSource(args.paths, config.source.batch_size, config.source.format)
     parts, counts = [], {"records": 0, "invalid": 0, "duplicates": 0}
@@ -231,14 +236,21 @@ def _read_log(args: argparse.Namespace, config: Config) -> tuple[pa.Table, dict[
         counts["records"] += len(raw)
         counts["invalid"] += len(dead)
         counts["duplicates"] += int(len(keep) - keep.sum())
-        cols = [events.column(c) for c in _LOG_SCHEMA.names]
-        parts.append(pa.Table.from_arrays(cols, schema=_LOG_SCHEMA).filter(pa.array(keep)))
-    table = pa.concat_tables(parts) if parts else _LOG_SCHEMA.empty_table()
+        cols = [events.column(c) for c in log_schema.names]
+        parts.append(pa.Table.from_arrays(cols, schema=log_schema).filter(pa.array(keep)))
+    table = pa.concat_tables(parts) if parts else log_schema.empty_table()
     counts["valid"] = table.num_rows
     return table, counts
 
 
 def _policy_rounds(args, config: Config, seed: int):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from consumers.file_source import FileSource
+    from consumers.stack import build_stack
+    from pipeline.learners.bandits.offpolicy import PrequentialEvaluation
+
     log, counts = _read_log(args, config)
     if not log.num_rows:
         return {}, counts, {}, []
@@ -249,16 +261,8 @@ def _policy_rounds(args, config: Config, seed: int):
     candidates = freq[0].take(order).to_pylist()[: args.candidates or None]
     policy = _build_policy(args.policy, config, seed)
     evaluation = PrequentialEvaluation(policy, candidates, seed=seed)
-    ev, feats = config.events, config.features
-    runner = Runner(
-        [evaluation],
-        rules=_rules(config),
-        feature_spec=FeatureSpec(feats.crosses, feats.standardize, feats.exclude),
-        window=config.evaluation.window,
-        report_every=config.evaluation.report_every,
-        dedup_window=ev.dedup_window,
-        allowed_lateness_ms=ev.allowed_lateness_ms,
-    )
+    # the replay's runner over the wrapped policy; no drift monitor: a fixed log has no live model to watch
+    runner = build_stack(config, learners=[evaluation], drift=False).runner
     runner.run(FileSource(args.paths, config.source.batch_size, config.source.format))
     rec = evaluation.records()
     if len(rec["reward"]) != counts["valid"]:  # both passes apply the same rules: a changed file
@@ -293,6 +297,9 @@ def _policy_rounds(args, config: Config, seed: int):
 
 
 def _build_policy(name: str, config: Config, seed: int) -> BanditPolicy:
+    from pipeline.learners.bandits import POLICIES
+    from pipeline.learners.registry import build_learner
+
     bandits = [s for s in config.learners if s.kind in POLICIES]
     specs = [s for s in bandits if s.label == name] or [s for s in bandits if s.kind == name]
     if specs:
@@ -311,6 +318,10 @@ def _build_policy(name: str, config: Config, seed: int) -> BanditPolicy:
 
 
 def _table_rounds(args, config: Config, seed: int):
+    import numpy as np
+
+    from pipeline.learners.bandits.offpolicy import item_position_model, join_item_position
+
     target_table = _read_target(args.target_probs)
     log, counts = _read_log(args, config)
     n = log.num_rows
@@ -346,6 +357,11 @@ def _table_rounds(args, config: Config, seed: int):
 
 
 def _read_target(path: str) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.learners.bandits.offpolicy import check_target_table
+
     try:
         return check_target_table(pq.read_table(path))
     except (OSError, pa.ArrowInvalid) as exc:
@@ -358,6 +374,11 @@ def _read_target(path: str) -> pa.Table:
 
 
 def _report(rounds, counts, target, notes, estimators, args, seed) -> dict[str, Any]:
+    import numpy as np
+
+    from pipeline.ope import IPS, SNIPS, DoublyRobust, LoggedBandit, Replay
+
+    classes = {"ips": IPS, "snips": SNIPS, "dr": DoublyRobust}
     reward, pscore, scope = rounds["reward"], rounds["pscore"], rounds["scope"]
     logged = scope & np.isfinite(pscore) & (pscore > 0) & (pscore <= 1)
     counts["evaluated"] = int(logged.sum())
@@ -374,7 +395,7 @@ def _report(rounds, counts, target, notes, estimators, args, seed) -> dict[str, 
     )
     results: dict[str, Interval] = {}
     for key in estimators:
-        est = Replay() if key == "replay" else ESTIMATORS[key](max_weight=args.max_weight)
+        est = Replay() if key == "replay" else classes[key](max_weight=args.max_weight)
         sample = replay if key == "replay" else data
         if not len(sample):
             why = (
@@ -465,6 +486,8 @@ def _finite(obj):
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
+    import numpy as np  # loaded by then: the estimates are numpy
+
     if isinstance(obj, np.generic):
         return _finite(obj.item())
     return obj

@@ -7,14 +7,13 @@ import os
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from consumers.commands.common import add_config_arguments, config_from_args, positive_int, write_json
-from consumers.file_dead_letter import FileDeadLetterSink
-from consumers.file_source import FileSource
-from consumers.progress import Progress, format_summary
-from pipeline.drift import DriftMonitor
-from pipeline.report import ReportRecorder, write_report
-from pipeline.runner import Runner
+
+if TYPE_CHECKING:  # imported in run(): `streamlearn --help` needs none of numpy, pyarrow, river
+    from consumers.file_source import FileSource
+    from pipeline.runner import Runner
 
 __all__ = ["register", "run"]
 
@@ -82,6 +81,11 @@ def _progress_extra(runner: Runner) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from consumers.file_dead_letter import FileDeadLetterSink
+    from consumers.file_source import FileSource
+    from consumers.progress import Progress, format_summary
+    from consumers.stack import build_stack
+
     extra: dict = {}
     if args.format:
         extra["source"] = {"format": args.format}
@@ -92,20 +96,24 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args, extra)
     source = FileSource(args.paths, config.source.batch_size, config.source.format, args.start_at)
     sink = FileDeadLetterSink(args.dead_letter or config.dead_letter.path)
-    runner = Runner.from_config(config, dead_letters=sink)
-    # observer order matters: metrics and drift see a batch before the recorder and the
-    # checkpointer, so that a batch's alarms land in the snapshot that covers the batch
-    metrics, server = _open_metrics(args, config, runner)
-    drift = DriftMonitor.from_config(config.drift, metrics)
-    if drift is not None:
-        runner.observers.append(drift)
-    recorder = None
-    if args.report:
-        recorder = ReportRecorder(min(config.evaluation.report_every, 2000), drift=drift)
-        runner.observers.append(recorder)
-    checkpointer = None
-    if config.snapshot.dir:
-        checkpointer = _open_checkpointer(config, runner, source)
+    serve_metrics = args.metrics_port is not None or bool(config.metrics.port)
+    checkpointer = _open_checkpointer(config) if config.snapshot.dir else None
+    stack = build_stack(
+        config,
+        dead_letters=sink,
+        metrics=serve_metrics,
+        report_every=min(config.evaluation.report_every, 2000) if args.report else None,
+        checkpointer=checkpointer,
+    )
+    runner, recorder = stack.runner, stack.recorder
+    if checkpointer is not None:
+        _resume(checkpointer, runner, source)
+    server = None
+    if stack.metrics is not None:
+        from consumers.http_server import start_ops_server
+
+        server = start_ops_server(stack.metrics, config, args.metrics_port)
+        server.set_ready(True)
 
     stop = {"signal": None}
 
@@ -123,8 +131,6 @@ def run(args: argparse.Namespace) -> int:
         for raw in source:
             result = runner.process(raw)
             read += result.records
-            if metrics is not None and checkpointer is not None:
-                metrics.record_snapshots(checkpointer)
             c = runner.counters
             where = f"{os.path.basename(source.current_file or '')} #{result.positions.get(source.current_file, 0):,}"
             progress.update(
@@ -161,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
     if args.summary_json:
         write_json(args.summary_json, summary)
     if recorder is not None:
+        from pipeline.report import write_report
+
         page = write_report(
             args.report,
             recorder.data(summary),
@@ -174,24 +182,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_metrics(args, config, runner: Runner):
-    """StreamMetrics as an observer plus the ops HTTP server, when a metrics port is asked for."""
-    from consumers.http_server import start_ops_server
-    from pipeline.metrics import StreamMetrics
-
-    if args.metrics_port is None and not config.metrics.port:
-        return None, None
-    metrics = StreamMetrics()
-    runner.observers.append(metrics)
-    server = start_ops_server(metrics, config, args.metrics_port)
-    server.set_ready(True)
-    return metrics, server
-
-
-def _open_checkpointer(config, runner: Runner, source: FileSource):
+def _open_checkpointer(config):
     from state.checkpoint import Checkpointer
 
-    checkpointer = Checkpointer.from_config(config)
+    return Checkpointer.from_config(config)
+
+
+def _resume(checkpointer, runner: Runner, source: FileSource) -> None:
     manifest = checkpointer.restore(runner)
     if manifest is not None:
         source.seek(runner.positions)
@@ -199,5 +196,3 @@ def _open_checkpointer(config, runner: Runner, source: FileSource):
             f"resumed from snapshot {manifest['seq']} ({runner.counters['applied']:,} events applied)",
             file=sys.stderr,
         )
-    runner.observers.append(checkpointer)
-    return checkpointer

@@ -1,4 +1,4 @@
-"""The long-lived Kafka worker (DESIGN §6–7): poll, cut, apply, snapshot, commit — exactly once in effect.
+"""The long-lived Kafka worker (docs/design.md §6–7): poll, cut, apply, snapshot, commit — exactly once in effect.
 
 One loop on one thread: ``poll`` → offset-aligned micro-batches (:mod:`~consumers.worker.intake`,
 :mod:`~consumers.worker.batcher`: the same log always gives the same batches, so a restarted
@@ -27,7 +27,7 @@ batch in hand.
 
 Limitation: the model is one per worker. Two workers in a group are two models, each learning from
 its own partitions; exactly-once holds per event across the group (each event is applied by one
-worker, once), but models are not merged when partitions move (DESIGN §10).
+worker, once), but models are not merged when partitions move (docs/design.md §10).
 """
 
 from __future__ import annotations
@@ -38,31 +38,31 @@ import sys
 import threading
 import time
 
-from kafka import errors as kafka_errors
-
 from consumers.backoff import Backoff
-from consumers.kafka_dead_letter import KafkaDeadLetterSink
-from consumers.kafka_source import UNAVAILABLE_ERRORS, KafkaSource, KafkaSourceError
+from consumers.kafka import (
+    BROKER_ERRORS,
+    KafkaDeadLetterSink,
+    consumer_settings,
+    make_dead_letter_sink,
+    make_source,
+)
 from consumers.progress import Progress
+from consumers.sources import PartitionedSource
+from consumers.stack import Stack, build_stack
 from consumers.worker.commits import CommitCoordinator
 from consumers.worker.health import apply_pauses, readiness, update_lag
 from consumers.worker.intake import Intake
 from consumers.worker.offsets import Ledger
 from consumers.worker.options import WorkerOptions, WorkerReport
-from consumers.worker.settings import consumer_settings
 from consumers.worker.tracked import TrackedRunner
-from consumers.worker.wiring import make_dead_letter_sink, make_source, open_checkpointer, open_ops_server
+from consumers.worker.wiring import open_checkpointer, open_ops_server
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.metrics import StreamMetrics
-from pipeline.runner import Runner
-from state.checkpoint import SnapshotResult
 
 __all__ = ["Worker", "WorkerOptions", "WorkerReport"]
 
 log = logging.getLogger(__name__)
-
-_BROKER_ERRORS = (kafka_errors.KafkaError, KafkaSourceError, OSError, *UNAVAILABLE_ERRORS)
 
 
 class Worker:
@@ -107,7 +107,8 @@ class Worker:
         self._assigned_once = False
         self._resumed_from: int | None = None
         self.server = None
-        self.source: KafkaSource | None = None
+        self.stack: Stack | None = None
+        self.source: PartitionedSource | None = None
         self.commits: CommitCoordinator | None = None
         self.sink: KafkaDeadLetterSink | None = None
 
@@ -178,15 +179,17 @@ class Worker:
             self._ledger,
             self.source,
             self._make_runner,
-            on_result=self._on_snapshot,
+            on_result=self.metrics.observe_snapshot,
             commit_timeout_ms=self.options.commit_timeout_ms,
         )
 
     def _make_runner(self) -> TrackedRunner:
-        runner = Runner.from_config(
-            self.config, dead_letters=self.sink, observers=[self.metrics, *self._observers]
+        # the replay's stack (metrics, drift monitor, extra observers) over the process's registry;
+        # called again on rollback, so stateful observers restart with the restored model
+        self.stack = build_stack(
+            self.config, dead_letters=self.sink, metrics=self.metrics, observers=self._observers
         )
-        return TrackedRunner(runner, self._ledger.worker_id)
+        return TrackedRunner(self.stack.runner, self._ledger.worker_id)
 
     @property
     def tracked(self) -> TrackedRunner:
@@ -199,7 +202,7 @@ class Worker:
                 self.source.connect()
                 manifest = self.commits.restore()
                 self.source.subscribe()
-            except _BROKER_ERRORS as exc:
+            except BROKER_ERRORS as exc:
                 self._set_ready(False, f"broker unreachable ({self.config.kafka.bootstrap_servers}): {exc!r}")
                 self._stop.wait(backoff.next_delay())
                 continue
@@ -227,7 +230,7 @@ class Worker:
                     )
                     self._poll_error = None
                     backoff.reset()
-                except _BROKER_ERRORS as exc:
+                except BROKER_ERRORS as exc:
                     self._poll_error = f"poll failed: {exc!r}"
                     log.warning("%s", self._poll_error)
                     self._stop.wait(backoff.next_delay())
@@ -272,7 +275,7 @@ class Worker:
             seeks, default = self.commits.start_positions(keys)
             self.source.seek(seeks)
             self.source.seek_to_default(default)
-        except _BROKER_ERRORS as exc:
+        except BROKER_ERRORS as exc:
             log.warning("cannot position %s yet (%r): paused until the broker answers", keys, exc)
             self._unpositioned.update(keys)
             self.source.pause(keys)
@@ -342,13 +345,6 @@ class Worker:
                 bootstrap=self.config.kafka.bootstrap_servers,
             )
         )
-
-    def _on_snapshot(self, result: SnapshotResult) -> None:
-        if result.ok:
-            self.metrics.snapshot_duration.observe(result.duration_s)
-            self.metrics.snapshot_last_success.set(time.time())
-        else:
-            self.metrics.snapshot_failures.inc()
 
     # ------------------------------------------------------------------ shutdown
     def _shutdown(self, started: float) -> int:

@@ -1,4 +1,4 @@
-"""Drift detection (DESIGN §1, issue 5): concept drift on each learner's loss, data drift on features,
+"""Drift detection (docs/design.md §1, issue 5): concept drift on each learner's loss, data drift on features,
 predictions and labels, alarms with hysteresis, as one runner observer.
 
 * :mod:`~pipeline.drift.settings` — :class:`DriftSettings` (the ``[drift]`` configuration section).

@@ -223,8 +223,6 @@ class DriftMonitor:
         rows, self._pending = self._pending, []
         return rows
 
-    take_drift_events = take_events
-
     # ------------------------------------------------------------------------------ state
     def state(self) -> StateBundle:
         """Every detector, window and reference, for a snapshot; pending alarm rows are not included."""

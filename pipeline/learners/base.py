@@ -1,4 +1,4 @@
-"""The learner protocol (DESIGN §4–5) and the state bundle that snapshots persist.
+"""The learner protocol (docs/design.md §4–5) and the state bundle that snapshots persist.
 
 Every learner is batch-first: ``predict`` scores a whole :class:`~pipeline.features.FeatureBatch`
 with the current state, ``learn`` absorbs the same batch afterwards (prequential: test, then

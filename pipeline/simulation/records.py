@@ -1,4 +1,4 @@
-"""Simulated events as Arrow record batches (DESIGN §3) and as JSON lines.
+"""Simulated events as Arrow record batches (docs/design.md §3) and as JSON lines.
 
 ``features`` is a struct column (``device``, ``hour``, ``price``, ``category``), so Parquet files
 hold it natively and :func:`pipeline.events.decode_arrow` splits it into categorical and numeric

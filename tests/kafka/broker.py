@@ -1,4 +1,4 @@
-"""A real single-node Apache Kafka broker (KRaft) for tests and local runs (DESIGN §9).
+"""A real single-node Apache Kafka broker (KRaft) for tests and local runs (docs/design.md §9).
 
 The broker runs from the official jars named in ``tests/kafka/pom.xml``, resolved once with Maven into
 ``tests/kafka/lib``. :class:`KafkaBroker` writes ``server.properties`` into its data directory, formats

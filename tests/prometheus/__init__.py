@@ -1,1 +1,1 @@
-"""Real-Prometheus test infrastructure (DESIGN §9): the server harness, its pytest fixture, a scrape target."""
+"""Real-Prometheus test infrastructure (docs/design.md §9): the server harness, its pytest fixture, a scrape target."""

@@ -1,4 +1,4 @@
-"""A real Prometheus server for tests (DESIGN §9): Debian's ``prometheus`` binary on a free loopback port.
+"""A real Prometheus server for tests (docs/design.md §9): Debian's ``prometheus`` binary on a free loopback port.
 
 The server has its own configuration and storage in a temporary directory, evaluates the given rule
 files every second and scrapes job ``streamlearn`` every second from the targets listed in a

@@ -1,163 +1,142 @@
-"""A scrape target for the Prometheus tests: the simulator's stream replayed through the real pipeline.
+"""The scrape target of the Prometheus tests: a real ``streamlearn worker`` on a simulated, drifting stream.
 
-:class:`ReplayTarget` runs, on a background thread, what a worker runs per micro-batch — the
-:class:`~pipeline.runner.Runner` with every learner family (FTRL, error memory, neural, a bandit
-policy), :class:`~pipeline.metrics.StreamMetrics`, the :class:`~pipeline.drift.DriftMonitor` and a
-:class:`~state.checkpoint.Checkpointer` — over the simulator's stream (with a drift and invalid
-records), throttled to a steady rate, and serves ``/metrics`` with the real
-:class:`~consumers.http_server.OpsServer`. Only the Kafka source is missing, hence
-``streamlearn_consumer_lag_records``: the tests list it as needing the worker.
+:class:`WorkerTarget` starts the real worker process (``python -m consumers.cli worker``: the
+same entry point, and so the same :func:`consumers.stack.build_stack`, as production) with every
+learner family (FTRL, error memory, neural, a bandit policy) and a drift monitor, on a topic of a
+real broker. Once Prometheus has scraped it, :meth:`WorkerTarget.begin` produces the simulator's
+stream (an abrupt drift, 1% invalid records) at a steady rate with event times near "now", so
+freshness stays realistic. A worker that missed an observer (drift, metrics, snapshots) leaves its
+panels without data, and the tests fail.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from pathlib import Path
 
-from consumers.http_server import OpsServer
-from pipeline.config import config_hash, load_config
-from pipeline.drift import DriftMonitor, DriftSettings
-from pipeline.metrics import StreamMetrics
-from pipeline.runner import RawBatch, Runner
 from pipeline.simulate import Drift, SimConfig, Simulator
-from state.checkpoint import Checkpointer
-from state.snapshot import SnapshotStore
+from tests.kafka.broker import KafkaBroker
+from tests.kafka.workers import WorkerProcess, WorkerProcesses, http_get, worker_config
 
-__all__ = ["LEARNERS", "NEEDS_WORKER", "ReplayTarget", "SnapshotMetrics"]
+__all__ = ["LEARNERS", "WorkerTarget"]
 
 LEARNERS = ("ftrl", "error_memory", "neural", "beta_ts")
-#: metrics only a Kafka worker produces, with the reason (the tests accept no data for these)
-NEEDS_WORKER = {"streamlearn_consumer_lag_records": "consumer lag exists only with a Kafka source"}
+PARTITIONS = 2
+
+_DRIFT = """
+[evaluation]
+window = 2000
+[drift]
+features = ["price", "device", "category"]
+warmup_events = 2000
+reference_events = 2000
+window_events = 1000
+"""
 
 
-class SnapshotMetrics:
-    """Runner observer that turns a checkpointer's results into the snapshot metrics.
-
-    The worker must do the same after each batch (``checkpointer.take_results()``).
-    """
-
-    def __init__(self, checkpointer: Checkpointer, metrics: StreamMetrics):
-        self.checkpointer = checkpointer
-        self.metrics = metrics
-
-    def on_batch(self, runner, result) -> None:
-        for r in self.checkpointer.take_results():
-            self.metrics.snapshot_duration.observe(r.duration_s)
-            if r.ok:
-                self.metrics.snapshot_last_success.set(time.time())
-            else:
-                self.metrics.snapshot_failures.inc()
-
-
-class ReplayTarget:
-    """The pipeline over a simulated stream at ``rate`` events/s, serving /metrics on loopback.
+class WorkerTarget:
+    """A worker consuming the simulator's stream at ``rate`` events/s, serving /metrics on loopback.
 
     Parameters
     ----------
-    state_dir
-        Where the checkpointer writes its snapshots (one per ``snapshot_every_s`` seconds).
-    n_events, rate, batch
-        Stream length, events per second, events per micro-batch.
+    broker
+        The session's real Kafka broker.
+    workdir
+        Configuration, state directory and the worker's log.
+    n_events, rate
+        Stream length and events per second once :meth:`begin` is called.
     drift_at
         An abrupt drift at this event, so that drift alarms (and their alert) fire.
     """
 
     def __init__(
         self,
-        state_dir: str | Path,
-        n_events: int = 40_000,
+        broker: KafkaBroker,
+        workdir: Path,
+        n_events: int = 90_000,
         rate: float = 4000.0,
-        batch: int = 500,
         drift_at: int = 15_000,
         learners: tuple[str, ...] = LEARNERS,
-        snapshot_every_s: float = 1.0,
     ):
-        self.n_events, self.rate, self.batch = n_events, rate, batch
-        now_ms = int(time.time() * 1000)
-        # event times end near "now", so that freshness (apply time - event time) stays realistic
+        self.broker, self.n_events, self.rate = broker, n_events, rate
+        self.topic = broker.create_topic(partitions=PARTITIONS)
         self.sim = Simulator(
             SimConfig(
                 seed=3,
                 preference_scale=2.0,
                 popularity_scale=1.2,
                 mean_gap_ms=1000.0 / rate,
-                start_ts=now_ms,
+                start_ts=int(time.time() * 1000),
                 drifts=(Drift(drift_at, "abrupt"),),
             )
         )
-        config = load_config(overrides={"learners": list(learners), "evaluation": {"window": 2000}})
-        self.metrics = StreamMetrics(model_every_s=0.5)
-        self.drift = DriftMonitor(
-            DriftSettings(
-                features=("price", "device", "category"),
-                warmup_events=2000,
-                reference_events=2000,
-                window_events=1000,
-            ),
-            self.metrics,
+        config = worker_config(
+            workdir / "worker.toml",
+            broker.bootstrap,
+            [self.topic],
+            f"g-prometheus-{time.monotonic_ns()}",
+            workdir / "state",
+            every_events=0,
+            every_seconds=1.0,
+            learners="".join(f"[[learners]]\nkind = {json.dumps(k)}\n" for k in learners) + _DRIFT,
         )
-        self.checkpointer = Checkpointer(
-            SnapshotStore(state_dir, keep=2),
-            config_hash(config),
-            every_seconds=snapshot_every_s,
-            background=True,
-            catalog=False,
-            drift_source=self.drift.take_events,
-        )
-        self.runner = Runner.from_config(
-            config,
-            observers=[
-                self.metrics,
-                self.drift,
-                self.checkpointer,
-                SnapshotMetrics(self.checkpointer, self.metrics),
-            ],
-        )
-        self.server = OpsServer(self.metrics, port=0)
-        self._stop = threading.Event()
-        #: set by the test once Prometheus has scraped the target: a counter that first appears
-        #: already incremented shows no increase() to Prometheus, so nothing may happen before
-        self.begin = threading.Event()
-        self.done = threading.Event()
+        self.procs = WorkerProcesses(workdir)
+        self.worker: WorkerProcess = self.procs.start("worker", config)
+        self.produced = 0
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="replay-target", daemon=True)
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="stream-producer", daemon=True)
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.server.port}"
+        return f"127.0.0.1:{self.worker.metrics_port}"
 
-    def start(self) -> None:
-        self.server.start()
-        self.server.set_ready(True)
+    def ready(self) -> bool:
+        """The worker is connected and owns its partitions (``/readyz`` answers 200)."""
+        if self.worker.poll() is not None:
+            raise AssertionError(f"the worker exited ({self.worker.returncode})\n{self.worker.log_tail()}")
+        return http_get(self.worker.url("/readyz"))[0] == 200
+
+    def begin(self) -> None:
+        """Start producing the stream (call once Prometheus has scraped the idle worker)."""
         self._thread.start()
 
-    def _run(self) -> None:
+    def applied(self) -> int:
+        """Events the worker has applied, read from its own /metrics."""
+        status, body = http_get(self.worker.url("/metrics"))
+        if status != 200:
+            return 0
+        m = re.search(r'^streamlearn_events_total\{outcome="applied"\} (\S+)$', body, re.M)
+        return int(float(m.group(1))) if m else 0
+
+    def _produce(self) -> None:
+        producer = self.broker.producer()
         try:
-            self.begin.wait(120)
             started = time.monotonic()
-            read = 0
-            for i, batch in enumerate(
-                self.sim.batches(self.n_events, chunk_size=self.batch, invalid_fraction=0.01)
-            ):
+            for chunk in self.sim.json_chunks(self.n_events, invalid_fraction=0.01):
+                for line in chunk.lines:
+                    producer.send(self.topic, value=line, partition=self.produced % PARTITIONS)
+                    self.produced += 1
                 if self._stop.is_set():
                     break
-                self.runner.process(RawBatch(arrow=batch, positions={"simulator": i + 1}))
-                read += batch.num_rows
-                ahead = read / self.rate - (time.monotonic() - started)
+                ahead = self.produced / self.rate - (time.monotonic() - started)
                 if ahead > 0:
                     time.sleep(ahead)
+            producer.flush()
         except BaseException as exc:  # surfaced by stop() in the test's thread
             self.error = exc
         finally:
+            producer.close(timeout=5)
             self.done.set()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
-        try:
-            self.checkpointer.close()
-        finally:
-            self.server.stop()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        self.procs.close()
         if self.error is not None:
-            raise RuntimeError(f"the replay target failed: {self.error!r}") from self.error
+            raise RuntimeError(f"producing the stream failed: {self.error!r}") from self.error

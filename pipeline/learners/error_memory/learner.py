@@ -45,6 +45,7 @@ from pipeline.learners.base import Learner, StateBundle
 from pipeline.learners.checks import integer
 from pipeline.learners.error_memory.keys import KeyCenter, SimHash, check_key_fields, field_keys, hashed_keys
 from pipeline.learners.error_memory.memory import ErrorMemory
+from pipeline.observers import GaugeSource
 
 __all__ = ["ErrorMemoryLearner", "Served", "score_base"]
 
@@ -263,8 +264,7 @@ class ErrorMemoryLearner(Learner):
             ("streamlearn_error_memory_entries", {"learner": self.name}, float(self._memory.entries())),
             ("streamlearn_error_memory_mean_abs_compensation", {"learner": self.name}, self._last_abs_comp),
         ]
-        base_gauges = getattr(self._base, "gauges", None)
-        return own + (list(base_gauges()) if callable(base_gauges) else [])
+        return own + (list(self._base.gauges()) if isinstance(self._base, GaugeSource) else [])
 
     # ------------------------------------------------------------------------------ state
     def state(self) -> StateBundle:

@@ -1,4 +1,4 @@
-"""Grubhub-style online fine-tuning of a neural ranker (DESIGN §5, ``neural``).
+"""Grubhub-style online fine-tuning of a neural ranker (docs/design.md §5, ``neural``).
 
 ``streamlearn pretrain`` trains the ranker offline (:mod:`.pretrain`) and writes a checkpoint
 (:mod:`.checkpoint`); the ``neural`` learner (:mod:`.learner`) warm-starts from it and keeps

@@ -1,6 +1,6 @@
 """Id vocabularies for embedding tables: hashed uint64 ids -> embedding rows, vectorised with numpy.
 
-Two schemes, selectable per learner (DESIGN §5):
+Two schemes, selectable per learner (docs/design.md §5):
 
 * :class:`CollisionFreeVocab` (Monolith-style): every admitted id owns one row, so two ids never
   share an embedding. An id is admitted once it has been seen ``min_count`` times (counted in a
