@@ -14,7 +14,7 @@ without importing river.
 
 from __future__ import annotations
 
-import importlib
+from pipeline.lazy import lazy_exports
 
 _EXPORTS = {
     "settings": (
@@ -30,7 +30,6 @@ _EXPORTS = {
     "data_drift": ("CategoricalSignal", "NumericSignal", "quantile_edges"),
     "monitor": ("DriftMonitor", "feature_values"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "CATEGORICAL_METHODS",
@@ -56,14 +55,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pipeline.drift' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"pipeline.drift.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -22,7 +22,7 @@ Examples
 
 from __future__ import annotations
 
-import importlib
+from pipeline.lazy import lazy_exports
 
 # Names are imported on first use (PEP 562): the configuration and the CLI's argument parsing
 # import the constants of pipeline.events.reasons, and pyarrow and numpy cost more than a bare
@@ -33,7 +33,6 @@ _EXPORTS = {
     "reasons": ("DEFAULT_EVENT_TYPES", "REASONS"),
     "schema": ("EVENT_SCHEMA", "DeadLetter", "EventBatch", "EventRules", "attach_origins"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "DEFAULT_EVENT_TYPES",
@@ -48,14 +47,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pipeline.events' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"pipeline.events.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+from pipeline.lazy import lazy_exports
 
 # Names are imported on first use (PEP 562): ``streamlearn simulate --help`` reads SimConfig's
 # defaults from .config, which needs neither numpy nor pyarrow.
@@ -14,7 +14,6 @@ _EXPORTS = {
     "stream": ("JsonChunk", "Simulator"),
     "world": ("CATEGORIES", "DEVICES", "World", "examination"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "CATEGORIES",
@@ -37,14 +36,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pipeline.simulation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"pipeline.simulation.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
