@@ -83,19 +83,7 @@ def _time_stage(raw_batches, stage: str, rules: EventRules) -> dict:
 def _river_baseline(parquet: Path, n: int) -> dict:
     from river import compose, evaluate, linear_model, metrics, preprocessing
 
-    rows = pq.read_table(parquet).slice(0, n).to_pylist()
-    dataset = []
-    for r in rows:
-        f = r["features"]
-        x = {
-            f"user_id={r['user_id']}": 1.0,
-            f"item_id={r['item_id']}": 1.0,
-            f"device={f['device']}": 1.0,
-            f"category={f['category']}": 1.0,
-            "hour": float(f["hour"]),
-            "price": float(f["price"]),
-        }
-        dataset.append((x, r["label"] > 0))
+    dataset = _river_dicts(parquet)[:n]
     model = compose.Pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression())
     start = time.perf_counter()
     metric = evaluate.progressive_val_score(dataset, model, metrics.ROCAUC())
