@@ -176,7 +176,7 @@ class _Stream:
         for _ in range(n_requests // batch):
             ctx = env.contexts(batch)
             events, _ = decode_arrow(env.records(ctx, ctx.candidates[:, :1]), EventRules())
-            fb = featurizer.transform(events)
+            fb = featurizer.transform_and_update(events)
             X = context_vectors(fb, dim, exclude=EXCLUDE, include_user=True)
             X /= np.linalg.norm(X, axis=1, keepdims=True)
             _, best_p = env.best(ctx)
@@ -323,7 +323,7 @@ def pretrain_embeddings(config: SimConfig, n_logged: int, folder: Path) -> tuple
     start = time.perf_counter()
     featurizer = Featurizer(FeatureSpec())
     log = [
-        featurizer.transform(decode_arrow(b, EventRules())[0])
+        featurizer.transform_and_update(decode_arrow(b, EventRules())[0])
         for b in Simulator(config).batches(n_logged, chunk_size=10_000)
     ]
     # embedding_lr 0.02 rather than the online default 0.1 (tuned for drift): on this log it reached

@@ -19,10 +19,12 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import save
 
+from consumers.stack import build_stack
+from pipeline.config import load_config
 from pipeline.learners.bandits.offpolicy import PrequentialEvaluation
 from pipeline.learners.registry import build_learner
 from pipeline.ope import IPS, SNIPS, DoublyRobust, LoggedBandit, Replay
-from pipeline.runner import RawBatch, Runner
+from pipeline.runner import RawBatch
 from pipeline.simulate import Simulator
 from pipeline.simulation.stream import BLOCK_REQUESTS
 
@@ -39,6 +41,8 @@ POLICIES = {
     "beta_ts": ("beta_ts", {"n_mc": 100}),
     "epsilon_greedy": ("epsilon_greedy", {"dim": 16, "epsilon": 0.05, "exclude_features": EXCLUDE}),
 }
+
+EVAL_CONFIG = load_config(environ={}, overrides={"evaluation": {"window": 1000}})
 
 
 class _Capture(PrequentialEvaluation):
@@ -70,7 +74,8 @@ def _run(n: int, epsilon: float) -> dict:
         policy = build_learner(kind, kind, {**params, "gauge_window": 0})
         capture = _Capture(policy, candidates, seed=0)
         capture.all_probs = []
-        runner = Runner([capture], window=1000)
+        # evaluate's stack: the policy under test, no drift monitor (a fixed log has no live model)
+        runner = build_stack(EVAL_CONFIG, learners=[capture], drift=False).runner
         t0 = time.perf_counter()
         for i, b in enumerate(batches):
             runner.process(RawBatch(arrow=b, positions={"sim": i}))

@@ -97,7 +97,9 @@ def stream(seed: int, n: int, batch: int, kind: str = "abrupt") -> tuple[list, t
     drifts = (n // 3, 2 * n // 3)
     sim = Simulator(seed=seed, drifts=tuple(Drift(d, kind) for d in drifts))
     featurizer = Featurizer(FeatureSpec(crosses=(("user_id", "category"),)))
-    batches = [featurizer.transform(decode_arrow(rb, EventRules())[0]) for rb in sim.batches(n, batch)]
+    batches = [
+        featurizer.transform_and_update(decode_arrow(rb, EventRules())[0]) for rb in sim.batches(n, batch)
+    ]
     return batches, drifts
 
 

@@ -44,6 +44,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, save, table
 
+from consumers.stack import build_stack
+from pipeline.config import load_config
 from pipeline.evaluation import auc, logloss
 from pipeline.events import EventRules, decode_arrow
 from pipeline.features import Featurizer
@@ -51,7 +53,7 @@ from pipeline.learners.ftrl import FTRL
 from pipeline.learners.neural import NeuralRanker, pretrain
 from pipeline.learners.neural.policy_eval import logged_rounds, ranking_policy
 from pipeline.ope import evaluate
-from pipeline.runner import RawBatch, Runner
+from pipeline.runner import RawBatch
 from pipeline.simulate import Drift, Simulator
 from pipeline.simulation.environment import Contexts
 
@@ -83,7 +85,8 @@ def make_stream(args) -> tuple[list, tuple[Drift, ...], Simulator]:
     sim = Simulator(seed=args.seed, drifts=drifts)
     fz = Featurizer()
     batches = [
-        fz.transform(decode_arrow(b, EventRules())[0]) for b in sim.batches(p + n, chunk_size=args.batch_size)
+        fz.transform_and_update(decode_arrow(b, EventRules())[0])
+        for b in sim.batches(p + n, chunk_size=args.batch_size)
     ]
     return batches, drifts, sim
 
@@ -271,7 +274,8 @@ def throughput(ckpt: str, sizes, events: int, repeat: int) -> list[dict]:
         torch.set_num_threads(threads)
         for bs in sizes:
             fbs = [
-                fz.transform(decode_arrow(raw.slice(s, bs), EventRules())[0]) for s in range(0, events, bs)
+                fz.transform_and_update(decode_arrow(raw.slice(s, bs), EventRules())[0])
+                for s in range(0, events, bs)
             ]
             dt = dp = np.inf
             for _ in range(repeat):  # best of `repeat`: the machine may be shared
@@ -300,7 +304,8 @@ def throughput(ckpt: str, sizes, events: int, repeat: int) -> list[dict]:
         raws = [RawBatch(arrow=raw.slice(s, 1024)) for s in range(0, events, 1024)]
         best = np.inf
         for _ in range(repeat):
-            runner = Runner([NeuralRanker(checkpoint=ckpt)], dead_letters=None)
+            stack = build_stack(load_config(environ={}), learners=[NeuralRanker(checkpoint=ckpt)])
+            runner = stack.runner
             runner.process(raws[0])
             t0 = time.perf_counter()
             for r in raws[1:]:

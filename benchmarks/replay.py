@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_rss_mb, percentiles, save, table
 
 from consumers.file_source import FileSource
+from consumers.stack import build_stack
 from pipeline.config import load_config
 from pipeline.events import EventRules, decode_arrow, decode_json
 from pipeline.features import Featurizer
-from pipeline.runner import Runner
 from pipeline.simulate import Simulator, to_json_lines
 
 
@@ -57,7 +57,7 @@ def _load_batches(path: Path, batch_size: int) -> list:
 
 def _time_stage(raw_batches, stage: str, rules: EventRules) -> dict:
     featurizer = Featurizer()
-    runner = Runner.from_config(load_config(environ={})) if stage == "replay" else None
+    runner = build_stack(load_config(environ={})).runner if stage == "replay" else None
     per_batch = []
     n = 0
     start = time.perf_counter()
@@ -70,7 +70,7 @@ def _time_stage(raw_batches, stage: str, rules: EventRules) -> dict:
                 decode_arrow(raw.arrow, rules) if raw.arrow is not None else decode_json(raw.values, rules)
             )
             if stage == "features":
-                featurizer.transform(events)
+                featurizer.transform_and_update(events)
         per_batch.append(time.perf_counter() - t0)
         n += len(raw)
     seconds = time.perf_counter() - start

@@ -83,8 +83,10 @@ def files_under(path: Path) -> list[Path]:
 
 def background_pause(bits: int, workdir: Path, repeat: int) -> dict:
     """A live runner with FTRL(bits): how long the consuming thread waits vs how long the write takes."""
+    from consumers.stack import build_stack
+    from pipeline.config import load_config
     from pipeline.learners.ftrl import FTRL
-    from pipeline.runner import RawBatch, Runner
+    from pipeline.runner import RawBatch
     from state.checkpoint import Checkpointer
 
     rows = [
@@ -93,7 +95,7 @@ def background_pause(bits: int, workdir: Path, repeat: int) -> dict:
     pauses, writes = [], []
     store = SnapshotStore(workdir / f"pause-{bits}", keep=1)
     with Checkpointer(store, "bench", background=True, catalog=False) as ckpt:
-        runner = Runner([FTRL(bits=bits)])
+        runner = build_stack(load_config(environ={}), learners=[FTRL(bits=bits)]).runner
         runner.process(RawBatch(values=rows, positions={"f": 100}))
         for _ in range(repeat):
             started = time.perf_counter()

@@ -12,9 +12,13 @@ Examples
 >>> from pipeline.events import decode_json, EventRules
 >>> events, _ = decode_json([b'{"event_id":"e","ts":1,"user_id":"u","item_id":"i","label":1,'
 ...                          b'"features":{"device":"ios","price":2.5}}'], EventRules())
->>> fb = Featurizer(FeatureSpec()).transform(events)
+>>> fz = Featurizer(FeatureSpec())
+>>> fb = fz.transform(events)
 >>> fb.indptr.tolist(), fb.values.tolist()
 ([0, 5], [1.0, 1.0, 1.0, 1.0, 2.5])
+>>> fz.update(fb)  # learning is a separate step: transform alone never changes the statistics
+>>> fz.state().column("count").to_pylist()
+[1.0]
 """
 
 from __future__ import annotations
@@ -115,7 +119,10 @@ class _Welford:
 class Featurizer:
     """Turns events into hashed sparse features; its only state is the numeric standardisation.
 
-    Standardisation uses the statistics *before* the batch (prequential), then absorbs the batch.
+    :meth:`transform` is pure: it standardises with the statistics as they are and changes
+    nothing, so scoring a request never moves the model. :meth:`update` absorbs a transformed
+    batch into the statistics. The runner calls ``transform`` then ``update`` on every batch, so a
+    batch is standardised with the statistics from *before* it (prequential).
     """
 
     def __init__(self, spec: FeatureSpec | None = None):
@@ -141,8 +148,24 @@ class Featurizer:
             n: [c, m, m2] for n, c, m, m2 in zip(d["name"], d["count"], d["mean"], d["m2"])
         }
 
+    # -- learning -------------------------------------------------------------------------------------
+    def update(self, batch: FeatureBatch) -> None:
+        """Absorb the numeric features of ``batch`` (made by :meth:`transform`) into the statistics."""
+        if not self.spec.standardize:
+            return
+        for name in sorted(batch.numeric):
+            dense = batch.numeric[name]
+            self._welford.update(name, dense[~np.isnan(dense)])
+
+    def transform_and_update(self, events: EventBatch) -> FeatureBatch:
+        """:meth:`transform`, then :meth:`update` with the result (one prequential step)."""
+        batch = self.transform(events)
+        self.update(batch)
+        return batch
+
     # -- transform --------------------------------------------------------------------------------
     def transform(self, events: EventBatch) -> FeatureBatch:
+        """Features of ``events`` under the current statistics; changes no state."""
         n = len(events)
         user = hash_strings(events.column("user_id"), "user_id")
         item = hash_strings(events.column("item_id"), "item_id")
@@ -213,8 +236,6 @@ class Featurizer:
             dense[rows[sel]] = x
             out[name] = dense
             scaled = self._welford.scale(name, x) if self.spec.standardize else x
-            if self.spec.standardize:
-                self._welford.update(name, x)
             parts_rows.append(rows[sel])
             parts_keys.append(np.full(int(sel.sum()), np.uint64(hash_one(name, "numeric")), np.uint64))
             parts_vals.append(np.clip(scaled, -1e6, 1e6).astype(np.float32))

@@ -189,7 +189,7 @@ class Runner:
         late = self.lateness.update(events.ts)
         t1 = time.perf_counter()
         durations["decode"] = t1 - t0
-        features = self.featurizer.transform(events) if len(events) else None
+        features = self.featurizer.transform_and_update(events) if len(events) else None
         t2 = time.perf_counter()
         durations["features"] = t2 - t1
         predictions: dict[str, np.ndarray] = {}

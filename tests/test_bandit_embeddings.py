@@ -51,7 +51,10 @@ def featurizer() -> Featurizer:
 @pytest.fixture(scope="module")
 def stream(featurizer) -> list:
     sim = Simulator(seed=0, n_users=80, n_items=30)
-    return [featurizer.transform(decode_arrow(b, EventRules())[0]) for b in sim.batches(4000, chunk_size=250)]
+    return [
+        featurizer.transform_and_update(decode_arrow(b, EventRules())[0])
+        for b in sim.batches(4000, chunk_size=250)
+    ]
 
 
 def _pretrain(stream: list, seed: int, path) -> str:

@@ -344,7 +344,10 @@ def test_learner_api_learns_items_as_arms_and_predicts_probabilities():
         assert p.shape == (3,) and ((p >= 0) & (p <= 1)).all()
         assert p[1] > p[2]  # i0 always rewarded, i1 never
         policy.select(np.zeros((1, DIM)), np.array(["i0", "i1", "fresh"]))  # ids find the batch's arms
-        assert policy.n_arms == 4
+        assert policy.n_arms == 3  # scoring and deciding add no arm
+        assert p[0] == policy.clone().predict(unseen)[0]  # the prior's estimate
+        policy.learn(unseen, p)
+        assert policy.n_arms == 4 and policy.arm_ids[-1] == "fresh"
     assert np.array_equal(fb.keys, keys_before)
 
 

@@ -10,7 +10,12 @@ as the configuration would give them). Each case is checked for:
 - the same seed gives the same result;
 - a batch is never mutated by ``predict`` / ``learn``;
 - ``state()`` is a copy that later learning does not change (background snapshots rely on it);
-- unseen users, items and features are scored and learned without error.
+- unseen users, items and features are scored and learned without error;
+- scoring (the featurizer's ``transform``, ``predict``, and a policy's ``distribution`` and
+  ``predict_arrays``) leaves ``state()`` byte-identical: serving builds on it.
+
+Every registered kind must have a case here (``test_every_registered_kind_has_a_case``), and
+every kind must run through ``streamlearn replay --learner KIND`` with its defaults.
 
 The module also holds the small synthetic stream that the other state tests use.
 """
@@ -28,10 +33,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from consumers.cli import main
 from pipeline.events import EventRules, decode_json
 from pipeline.features import FeatureBatch
-from pipeline.learners.base import StateBundle
-from pipeline.learners.registry import build_learner
+from pipeline.learners.base import Policy, StateBundle
+from pipeline.learners.registry import build_learner, known_kinds
 from pipeline.runner import RawBatch, Runner
 from state.checkpoint import Checkpointer
 from state.snapshot import SnapshotStore
@@ -309,3 +315,76 @@ def test_unseen_ids_are_scored_and_learned(case: Case):
     assert np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1))
     learner.learn(fb, p)
     assert np.all(np.isfinite(learner.predict(fb)))
+
+
+def test_scoring_leaves_state_byte_identical(case: Case):
+    runner = make_runner(case)
+    for raw in batches(make_events(N, seed=8)):
+        runner.process(raw)
+    before = _deep_copy(runner.state())
+    learner = runner.learners[0]
+    for prefix in ("", "new-"):  # known ids, then unseen users, items and feature values
+        events, _ = decode_json(make_events(BATCH, seed=9, prefix=prefix), EventRules())
+        fb = runner.featurizer.transform(events)
+        first = learner.predict(fb)
+        np.testing.assert_array_equal(learner.predict(fb), first, strict=True)
+        if isinstance(learner, Policy):
+            contexts = learner.batch_contexts(fb)
+            candidates = np.array([*sorted(set(events.strings("item_id"))), "never-seen"], dtype=object)
+            learner.distribution(contexts, candidates)
+            learner.predict_arrays(contexts, events.strings("item_id"))
+    assert_bundles_equal(runner.state(), before)
+
+
+def kinds_without_case(kinds: list[str], cases: list[Case]) -> list[str]:
+    """Registered kinds (``river:`` counts as one) that no conformance case exercises."""
+    covered = {"river:<estimator>" if c.kind.startswith("river:") else c.kind for c in cases}
+    return sorted(set(kinds) - covered)
+
+
+def test_every_registered_kind_has_a_case():
+    assert kinds_without_case(known_kinds(), CONFORMANCE_LEARNERS) == []
+    # and the check sees a kind that someone registers without adding a case
+    assert kinds_without_case([*known_kinds(), "new_kind"], CONFORMANCE_LEARNERS) == ["new_kind"]
+
+
+def test_every_kind_runs_from_the_command_line_with_its_defaults(tmp_path: Path):
+    stream = tmp_path / "events.jsonl"
+    stream.write_bytes(b"\n".join(make_events(2 * N, seed=10)) + b"\n")
+    kinds = [k for k in known_kinds() if not k.startswith("river:")] + [
+        "river:linear_model.LogisticRegression"
+    ]
+    argv = ["replay", str(stream), "--no-progress", "--summary-json", str(tmp_path / "summary.json")]
+    argv += [arg for k in kinds for arg in ("--learner", k)]
+    argv += [
+        "--learner",
+        'ftrl:alpha=0.2,bits=16,name="ftrl-tuned"',
+        "--dead-letter",
+        str(tmp_path / "dead.jsonl"),
+    ]
+    assert main(argv) == 0
+    learners = json.loads((tmp_path / "summary.json").read_text())["learners"]
+    assert set(learners) >= {*kinds[:-1], "ftrl-tuned"} - {"error_memory"}
+    assert len(learners) == len(kinds) + 1
+    for name, metrics in learners.items():
+        assert 0.0 <= metrics["auc"] <= 1.0, name
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            "ftrl:alhpa=0.1",
+            "learner 'ftrl': unknown parameter 'alhpa' (did you mean 'alpha'?); allowed: alpha, beta, bits, l1, l2",
+        ),
+        ("linucb:dimm=4", "unknown parameter 'dimm' (did you mean 'dim'?)"),
+        ("river:linear_model.LogisticRegression:l3=1", "unknown parameter 'l3'; allowed: clip_gradient"),
+        ("ftrl:bits=99", "learner 'ftrl': bits must be an integer"),
+    ],
+)
+def test_a_bad_learner_parameter_gets_a_config_error(spec: str, message: str, tmp_path: Path, capsys):
+    stream = tmp_path / "events.jsonl"
+    stream.write_bytes(b"\n".join(make_events(10)) + b"\n")
+    assert main(["replay", str(stream), "--no-progress", "--learner", spec]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -49,7 +49,7 @@ def _stream(n_batches=6, size=80, seed=0, users=12, items=6):
         ]
         events, dead = decode_json(rows, EventRules())
         assert not dead
-        out.append(featurizer.transform(events))
+        out.append(featurizer.transform_and_update(events))
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 
 from pipeline.events import EventRules, decode_json
 from pipeline.features import BIAS_KEY, FeatureSpec, Featurizer
@@ -37,7 +38,7 @@ def test_rows_hold_bias_ids_and_features():
 
 def test_numeric_standardisation_uses_statistics_before_the_batch():
     f = Featurizer(FeatureSpec(standardize=True))
-    f.transform(_events([_row(i, price=float(p)) for i, p in enumerate([1, 2, 3, 4])]))
+    f.transform_and_update(_events([_row(i, price=float(p)) for i, p in enumerate([1, 2, 3, 4])]))
     saved = f.state()
     fb = f.transform(_events([_row(9, price=4.0)]))
     mean, sd = 2.5, np.std([1, 2, 3, 4], ddof=1)
@@ -58,3 +59,16 @@ def test_exclude_drops_named_features():
         _events([_row(0, device="ios", price=1.0)])
     )
     assert np.diff(fb.indptr).tolist() == [3]
+
+
+def test_transform_is_pure_and_update_absorbs_the_batch():
+    f = Featurizer(FeatureSpec(standardize=True))
+    f.transform_and_update(_events([_row(i, price=float(p)) for i, p in enumerate([1, 2, 3, 4])]))
+    before = f.state()
+    batch = _events([_row(9, price=40.0), _row(10, price=50.0)])
+    first = f.transform(batch)
+    assert f.state().equals(before)  # scoring changes nothing
+    assert np.array_equal(f.transform(batch).values, first.values)
+    f.update(first)
+    count, mean = f.state().column("count")[0].as_py(), f.state().column("mean")[0].as_py()
+    assert count == 6 and mean == pytest.approx(np.mean([1, 2, 3, 4, 40, 50]))

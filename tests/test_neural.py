@@ -36,7 +36,7 @@ def features(n: int, seed: int = 0, chunk: int = 250, **sim) -> list:
     fz = Featurizer()
     sim = {"n_users": 80, "n_items": 30, **sim}
     return [
-        fz.transform(decode_arrow(b, EventRules())[0])
+        fz.transform_and_update(decode_arrow(b, EventRules())[0])
         for b in Simulator(seed=seed, **sim).batches(n, chunk_size=chunk)
     ]
 
@@ -370,7 +370,7 @@ def _candidate_log(n: int, seed: int):
     items, props = policy.select(ctx, 1)
     labels = env.step(ctx, items)
     fz = Featurizer()
-    logged = fz.transform(decode_arrow(env.records(ctx, items, labels, props), EventRules())[0])
+    logged = fz.transform_and_update(decode_arrow(env.records(ctx, items, labels, props), EventRules())[0])
     cands = fz.transform(decode_arrow(env.records(ctx, ctx.candidates), EventRules())[0])
     p_true = env.reward_probabilities(
         ctx, ctx.candidates, positions=np.zeros(ctx.candidates.shape[1], np.int64)

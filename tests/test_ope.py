@@ -151,7 +151,8 @@ def test_replay_policy_hand_computed_learning_trace():
     )
     assert iv.value == 0.5 and iv.ess == 2.0
     assert policy.predict_arrays(np.ones((1, 1)), ["a"])[0] == pytest.approx(1 / 3, abs=1e-12)
-    assert policy.state().tables["arms"]["pulls"].to_pylist() == [2, 0]
+    # b was only ever a candidate, never learned from: deciding adds no arm
+    assert policy.arm_ids == ["a"] and policy.state().tables["arms"]["pulls"].to_pylist() == [2]
 
 
 def test_replay_policy_of_learning_policy_beats_uniform_on_random_log():

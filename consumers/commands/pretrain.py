@@ -100,7 +100,7 @@ def _feature_batches(source: FileSource, config: Config, dead: list[int]) -> Ite
         )
         dead[0] += len(bad)
         if len(events):
-            yield featurizer.transform(events)
+            yield featurizer.transform_and_update(events)
 
 
 def run(args: argparse.Namespace) -> int:

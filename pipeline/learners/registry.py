@@ -8,6 +8,7 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.learners.base import Learner
+from pipeline.learners.checks import keywords
 
 __all__ = ["build_learner", "known_kinds", "register"]
 
@@ -78,7 +79,8 @@ def build_learner(kind: str, name: str = "", params: dict[str, Any] | None = Non
         _find(kind)
         if kind not in _FACTORIES:
             raise ConfigError(f"unknown learner kind {kind!r}; known: {', '.join(known_kinds())}")
-        return _FACTORIES[kind](name=label, **params)
+        factory = _FACTORIES[kind]
+        return factory(name=label, **keywords(factory, params))
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
             raise

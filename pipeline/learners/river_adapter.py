@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from pipeline.features import FeatureBatch
 from pipeline.learners.base import Learner, StateBundle
+from pipeline.learners.checks import keywords
 from pipeline.learners.safe_state import dumps, loads
 
 __all__ = ["RiverLearner", "build_river_estimator", "event_dicts"]
@@ -55,7 +56,7 @@ def build_river_estimator(spec: str, params: dict | None = None):
             cls = getattr(module, class_name)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"river has no estimator {step!r}: {exc}") from exc
-        kwargs = dict(params or {}) if i == len(steps) - 1 else {}
+        kwargs = keywords(cls, dict(params or {})) if i == len(steps) - 1 else {}
         try:
             built.append(cls(**kwargs))
         except TypeError as exc:

@@ -90,21 +90,28 @@ class ArmTable:
         An integer row beyond the table creates arms named by their row number (``"7"``), which
         is how closed-loop simulations with items ``0..m-1`` use the policies.
         """
-        if isinstance(arms, (pa.Array, pa.ChunkedArray)):
-            arms = np.asarray(arms.to_pylist(), dtype=object)
-        arms = np.asarray(arms)
+        arms = _as_arms(arms, name)
         if arms.dtype.kind in "iu":
             return self._resolve_rows(arms.astype(np.int64), name)
-        if arms.dtype.kind not in "UO":
-            raise TypeError(f"{name} must hold arm ids (str) or integer rows, got dtype {arms.dtype}")
         flat = arms.ravel()
         hashes = hash_strings(pa.array(flat.tolist(), pa.string()), ARM_NAMESPACE)
         rows = self.resolve_hashes(hashes, lambda pos: [str(flat[p]) for p in pos])
         return rows.reshape(arms.shape)
 
+    def lookup(self, arms, name: str = "arms") -> np.ndarray:
+        """Rows of ``arms`` as :meth:`resolve` gives them, -1 where the arm is unknown; adds nothing."""
+        arms = _as_arms(arms, name)
+        if arms.dtype.kind in "iu":
+            rows = arms.astype(np.int64)
+            _check_rows(rows, name)
+            return np.where(rows < len(self.ids), rows, -1)
+        flat = arms.ravel()
+        return self.find(hash_strings(pa.array(flat.tolist(), pa.string()), ARM_NAMESPACE)).reshape(
+            arms.shape
+        )
+
     def _resolve_rows(self, rows: np.ndarray, name: str) -> np.ndarray:
-        if rows.size and rows.min() < 0:
-            raise ValueError(f"{name} must be >= 0 when given as integer rows, got {int(rows.min())}")
+        _check_rows(rows, name)
         top = int(rows.max()) + 1 if rows.size else 0
         if top > len(self.ids):
             ids = [str(i) for i in range(len(self.ids), top)]
@@ -123,3 +130,17 @@ class ArmTable:
         self.hashes = np.concatenate([self.hashes, hashes.astype(np.uint64)])
         self._order = np.argsort(self.hashes, kind="stable")
         self._sorted = self.hashes[self._order]
+
+
+def _as_arms(arms, name: str) -> np.ndarray:
+    if isinstance(arms, (pa.Array, pa.ChunkedArray)):
+        arms = np.asarray(arms.to_pylist(), dtype=object)
+    arms = np.asarray(arms)
+    if arms.dtype.kind not in "iuUO":
+        raise TypeError(f"{name} must hold arm ids (str) or integer rows, got dtype {arms.dtype}")
+    return arms
+
+
+def _check_rows(rows: np.ndarray, name: str) -> None:
+    if rows.size and rows.min() < 0:
+        raise ValueError(f"{name} must be >= 0 when given as integer rows, got {int(rows.min())}")

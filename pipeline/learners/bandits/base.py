@@ -46,11 +46,14 @@ from pipeline.learners.base import Policy, StateBundle
 from pipeline.learners.checks import integer, number
 from pipeline.ope import SNIPS
 
-__all__ = ["BanditPolicy", "context_vectors"]
+__all__ = ["DEFAULT_DIM", "BanditPolicy", "context_vectors"]
 
 #: mixed into the seed of the generators that evaluation uses, so that it never draws from the
 #: policy's own decision stream
 _EVAL_SALT = 0x5EED_0BE
+
+#: context width when none is configured: enough hashed slots for a handful of features
+DEFAULT_DIM = 16
 
 
 class BanditPolicy(Policy):
@@ -108,7 +111,7 @@ class BanditPolicy(Policy):
 
     def __init__(
         self,
-        dim: int,
+        dim: int = DEFAULT_DIM,
         gamma: float = 1.0,
         seed: int = 0,
         exclude_features: Sequence[str] = (),
@@ -149,6 +152,7 @@ class BanditPolicy(Policy):
         self._rng = np.random.default_rng(seed)
         self._arms = ArmTable()
         self._n_stats = 0
+        self._spare_row = False
         self._pulls = np.zeros(0, np.int64)
         self._reward_sum = np.zeros(0)
         self._updates = 0
@@ -204,17 +208,29 @@ class BanditPolicy(Policy):
         return list(self._arms.ids)
 
     def _sync_arms(self) -> None:
+        """Give new arms their prior statistics, and keep one row more at the prior: the *spare
+        row*, which read-only scoring gives every arm it has not seen (row ``n_arms``)."""
         n = len(self._arms)
-        if n > self._n_stats:
-            self._grow(self._n_stats, n)
-            self._pulls = grow_rows(self._pulls, self._n_stats, n, 0)
-            self._reward_sum = grow_rows(self._reward_sum, self._n_stats, n, 0.0)
+        if n > self._n_stats or not self._spare_row:
+            self._grow(self._n_stats, n + 1)
+            self._pulls = grow_rows(self._pulls, self._n_stats, n + 1, 0)
+            self._reward_sum = grow_rows(self._reward_sum, self._n_stats, n + 1, 0.0)
             self._n_stats = n
+            self._spare_row = True
 
     def _rows(self, arms, name: str) -> np.ndarray:
+        """Rows of ``arms``, adding unseen ones (learning)."""
         rows = self._arms.resolve(arms, name)
         self._sync_arms()
         return rows
+
+    def _known_rows(self, arms, name: str) -> np.ndarray:
+        """Rows of ``arms`` without adding any: an unseen arm is scored on the spare prior row."""
+        return self._or_spare(self._arms.lookup(arms, name))
+
+    def _or_spare(self, rows: np.ndarray) -> np.ndarray:
+        self._sync_arms()  # at most allocates the spare row: learned state is untouched
+        return np.where(rows < 0, self._n_stats, rows)
 
     def _batch_rows(self, batch: FeatureBatch) -> np.ndarray:
         col = batch.events.column("item_id")
@@ -260,7 +276,8 @@ class BanditPolicy(Policy):
             ``[n, dim]`` floats (context-free policies only use ``n``).
         candidates
             Arm ids (str) or integer arm rows: ``[m]`` shared by every context or ``[n, m]``.
-            Unseen arms are added with their prior statistics.
+            Unseen arms are scored with the prior statistics; they join the arm table when
+            :meth:`update` first learns from them.
         k
             Slate size, ``1 <= k <= m``.
 
@@ -288,7 +305,7 @@ class BanditPolicy(Policy):
         cand = np.asarray(candidates)
         if cand.ndim not in (1, 2) or (cand.ndim == 2 and cand.shape[0] != n):
             raise ValueError(f"candidates must have shape [m] or [n={n}, m], got {cand.shape}")
-        return self._rows(cand, "candidates")
+        return self._known_rows(cand, "candidates")
 
     def distribution(
         self,
@@ -308,7 +325,7 @@ class BanditPolicy(Policy):
         Parameters
         ----------
         contexts, candidates
-            As in :meth:`select` (unseen candidates are added with their prior statistics).
+            As in :meth:`select` (unseen candidates are scored with the prior statistics).
         rng
             Generator for Thompson sampling's draws (default: one seeded from ``seed`` and the
             number of updates so far, so the result is reproducible).
@@ -353,14 +370,16 @@ class BanditPolicy(Policy):
         self._apply(X, self._rows(arms, "arms"), r, w)
 
     def predict_arrays(self, contexts, arms) -> np.ndarray:
-        """Estimated reward of each (context, arm) pair (not clipped); ``arms`` as in :meth:`update`."""
+        """Estimated reward of each (context, arm) pair (not clipped); ``arms`` as in :meth:`update`.
+
+        Unseen arms get the prior's estimate and are not added (scoring changes no state)."""
         arms = np.asarray(arms)
         if arms.ndim != 1:
             raise ValueError(f"arms must be 1-D, got shape {arms.shape}")
         X = self._check_contexts(contexts, len(arms))
         if not len(arms):
             return np.zeros(0)
-        return self._mean_var(X, self._rows(arms, "arms")[:, None], need_var=False)[0][:, 0]
+        return self._mean_var(X, self._known_rows(arms, "arms")[:, None], need_var=False)[0][:, 0]
 
     def _apply(self, X: np.ndarray, rows: np.ndarray, r: np.ndarray, w: np.ndarray) -> None:
         if not len(rows):
@@ -393,14 +412,14 @@ class BanditPolicy(Policy):
         return {"checkpoint": self.embedding_checkpoint, "parts": list(e.parts), "sha256": e.sha256}
 
     def predict(self, batch: FeatureBatch) -> np.ndarray:
-        """Estimated reward of each event's (context, item), clipped to [0, 1].
+        """Estimated reward of each event's (context, item), clipped to [0, 1]; changes no state.
 
-        Items never seen before are added to the arm table with their prior statistics (so the
-        snapshot lists them); this changes no other arm and no later decision.
+        Items never seen before are scored with the prior statistics; :meth:`learn` adds them to
+        the arm table.
         """
         if not len(batch):
             return np.zeros(0)
-        rows = self._batch_rows(batch)
+        rows = self._or_spare(self._arms.find(batch.item_hash))
         mean, _ = self._mean_var(self.batch_contexts(batch), rows[:, None], need_var=False)
         return np.clip(mean[:, 0], 0.0, 1.0)
 

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.learners.bandits.arms import grow_rows
-from pipeline.learners.bandits.base import BanditPolicy
+from pipeline.learners.bandits.base import DEFAULT_DIM, BanditPolicy
 from pipeline.learners.bandits.kernels import one_hot, top_k
 from pipeline.learners.checks import number
 
@@ -61,7 +61,7 @@ class DiagLinUCB(BanditPolicy):
 
     def __init__(
         self,
-        dim: int,
+        dim: int = DEFAULT_DIM,
         alpha: float = 1.0,
         lam: float = 1.0,
         gamma: float = 1.0,

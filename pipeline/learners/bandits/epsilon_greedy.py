@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.learners.bandits.base import DEFAULT_DIM
 from pipeline.learners.bandits.kernels import one_hot, top_k
 from pipeline.learners.bandits.linucb import RidgeArms
 from pipeline.learners.checks import number
@@ -50,7 +51,7 @@ class EpsilonGreedy(RidgeArms):
 
     def __init__(
         self,
-        dim: int,
+        dim: int = DEFAULT_DIM,
         epsilon: float = 0.1,
         lam: float = 1.0,
         gamma: float = 1.0,

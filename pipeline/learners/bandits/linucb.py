@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.learners.bandits.arms import grow_rows
-from pipeline.learners.bandits.base import BanditPolicy
+from pipeline.learners.bandits.base import DEFAULT_DIM, BanditPolicy
 from pipeline.learners.bandits.kernels import BUDGET, one_hot, row_chunks, top_k
 from pipeline.learners.checks import number
 
@@ -45,7 +45,7 @@ class RidgeArms(BanditPolicy):
     :class:`~pipeline.learners.bandits.base.BanditPolicy`.
     """
 
-    def __init__(self, dim: int, lam: float = 1.0, gamma: float = 1.0, seed: int = 0, **kwargs):
+    def __init__(self, dim: int = DEFAULT_DIM, lam: float = 1.0, gamma: float = 1.0, seed: int = 0, **kwargs):
         super().__init__(dim, gamma=gamma, seed=seed, **kwargs)
         self.lam = number("lam", lam, 0.0, low_open=True)
         self._A = np.zeros((0, self.dim, self.dim))
@@ -175,7 +175,7 @@ class LinUCB(RidgeArms):
 
     def __init__(
         self,
-        dim: int,
+        dim: int = DEFAULT_DIM,
         alpha: float = 1.0,
         lam: float = 1.0,
         gamma: float = 1.0,

@@ -87,6 +87,7 @@ def load_bundle(policy: BanditPolicy, bundle: StateBundle) -> None:
     policy._reward_sum = from_column(table.column("reward_sum"), None, "reward_sum")
     policy._load_stat_columns(table, n)
     policy._n_stats = n
+    policy._spare_row = False  # the loaded columns hold the arms only; _sync_arms adds it
     policy._updates = int(meta.get("updates", 0))
     policy._monitor = PolicyMonitor(max(policy.gauge_window, 1))
     policy._monitor.load(bundle.tables, int(meta.get("learned", 0)))

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.learners.bandits.arms import grow_rows
-from pipeline.learners.bandits.base import BanditPolicy
+from pipeline.learners.bandits.base import DEFAULT_DIM, BanditPolicy
 from pipeline.learners.bandits.kernels import BUDGET, top_k
 from pipeline.learners.bandits.linucb import RidgeArms
 from pipeline.learners.checks import integer, number
@@ -110,7 +110,7 @@ class LinearThompson(RidgeArms):
 
     def __init__(
         self,
-        dim: int,
+        dim: int = DEFAULT_DIM,
         v: float = 1.0,
         lam: float = 1.0,
         n_mc: int = 100,

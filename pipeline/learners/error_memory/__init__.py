@@ -10,6 +10,7 @@ that corrects a slowly updated base learner.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from pipeline.learners.error_memory.keys import KeyCenter, SimHash, hashed_keys, item_keys
@@ -31,6 +32,9 @@ __all__ = [
 def _build(name: str | None = None, **params) -> ErrorMemoryLearner:
     # the registry passes the kind as the name when none was configured; keep the descriptive default
     return ErrorMemoryLearner(name=None if name == ErrorMemoryLearner.kind else name, **params)
+
+
+_build.__signature__ = inspect.signature(ErrorMemoryLearner)  # the parameters the registry checks
 
 
 def register_learners(register: Callable[[str, Callable], None]) -> None:
