@@ -190,7 +190,9 @@ class FileSource:
             row += rows
         groups = list(range(first, pf.num_row_groups))
         skip = start - row
-        batches = pf.iter_batches(batch_size=self.batch_size, row_groups=groups) if groups else iter(())
+        # read whole row groups' worth at a time and slice (zero-copy): fewer, larger decodes
+        read_rows = max(self.batch_size, 1 << 16)
+        batches = pf.iter_batches(batch_size=read_rows, row_groups=groups) if groups else iter(())
         yield from self._rebatch(path, batches, start, skip)
 
     def _csv(self, path: str, start: int) -> Iterator[RawBatch]:
@@ -216,6 +218,17 @@ class FileSource:
                     continue
                 b = b.slice(skip)
                 skip = 0
+            if not pending:  # the usual case: zero-copy slices of one read batch
+                whole = (b.num_rows // self.batch_size) * self.batch_size
+                for lo in range(0, whole, self.batch_size):
+                    head = b.slice(lo, self.batch_size)
+                    yield RawBatch(
+                        arrow=head, positions={path: row + head.num_rows}, origin=_row_origin(path, row)
+                    )
+                    row += head.num_rows
+                b = b.slice(whole)
+                if not b.num_rows:
+                    continue
             pending.append(b)
             pending_rows += b.num_rows
             while pending_rows >= self.batch_size:

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.events import EventBatch
-from pipeline.hashing import combine, hash_one, hash_strings
+from pipeline.hashing import combine, hash_one, hash_repeated_strings, hash_strings
 
 __all__ = ["BIAS_KEY", "FeatureBatch", "FeatureSpec", "Featurizer"]
 
@@ -214,9 +214,9 @@ class Featurizer:
 
             keep = np.asarray(pc.invert(pc.is_in(names, value_set=pa.array(list(self.spec.exclude)))))
             rows, names, values = rows[keep], names.filter(pa.array(keep)), values.filter(pa.array(keep))
-        name_h = hash_strings(names, "feature")
+        name_h = hash_repeated_strings(names, "feature")
         # the value hash is namespaced by the feature name: combine(name, value)
-        keys = combine(name_h, hash_strings(values, "value"))
+        keys = combine(name_h, hash_repeated_strings(values, "value"))
         return rows, name_h, keys
 
     def _numeric(self, events, parts_rows, parts_keys, parts_vals) -> dict[str, np.ndarray]:
@@ -226,11 +226,15 @@ class Featurizer:
         out: dict[str, np.ndarray] = {}
         if len(col.keys) == 0:
             return out
+        import pyarrow.compute as pc
+
         rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
-        names = np.asarray(col.keys.to_numpy(zero_copy_only=False), dtype=object)
+        encoded = pc.dictionary_encode(col.keys)  # a few names over every event: compare small ints
+        codes = np.asarray(encoded.indices)
+        distinct = encoded.dictionary.to_pylist()
         vals = col.items.to_numpy(zero_copy_only=False).astype(np.float64)
-        for name in sorted(set(names.tolist()) - set(self.spec.exclude)):
-            sel = names == name
+        for name in sorted(set(distinct) - set(self.spec.exclude)):
+            sel = codes == distinct.index(name)
             x = vals[sel]
             dense = np.full(n, np.nan)
             dense[rows[sel]] = x

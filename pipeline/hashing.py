@@ -30,10 +30,21 @@ Examples
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["FNV_OFFSET", "FNV_PRIME", "combine", "fmix64", "fnv1a64", "hash_one", "hash_strings"]
+__all__ = [
+    "FNV_OFFSET",
+    "FNV_PRIME",
+    "combine",
+    "fmix64",
+    "fnv1a64",
+    "hash_one",
+    "hash_repeated_strings",
+    "hash_strings",
+]
 
 FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3
@@ -57,6 +68,12 @@ def _fmix64_int(h: int) -> int:
     return h
 
 
+@functools.lru_cache(maxsize=1024)
+def _seed(namespace: str) -> int:
+    """FNV state after the namespace and the separator (a handful of namespaces, hashed once)."""
+    return fnv1a64(namespace.encode("utf-8") + _SEP)
+
+
 def hash_one(value: str, namespace: str = "") -> int:
     """Hash one string exactly as :func:`hash_strings` does (slow; for tests and single keys)."""
     return _fmix64_int(fnv1a64(value.encode("utf-8"), fnv1a64(namespace.encode("utf-8") + _SEP)))
@@ -78,6 +95,34 @@ def combine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Order-dependent combination of two hash arrays (for crossed features)."""
     with np.errstate(over="ignore"):
         return fmix64(a * np.uint64(0x9E3779B97F4A7C15) + b)
+
+
+def hash_repeated_strings(values: pa.Array, namespace: str = "") -> np.ndarray:
+    """:func:`hash_strings` for arrays with few distinct values (feature names and values).
+
+    Hashes each distinct string once and gathers; the result is identical to ``hash_strings``.
+
+    >>> import pyarrow as pa
+    >>> a = pa.array(["ios", "web", "ios", None])
+    >>> bool((hash_repeated_strings(a, "v") == hash_strings(a, "v")).all())
+    True
+    """
+    import pyarrow.compute as pc
+
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if len(values) == values.null_count:
+        return np.zeros(len(values), np.uint64)
+    if len(values) < 256:  # encoding costs more than it saves on a few values
+        return hash_strings(values, namespace)
+    encoded = pc.dictionary_encode(values)
+    distinct = hash_strings(encoded.dictionary, namespace)
+    indices = encoded.indices
+    if not indices.null_count:
+        return distinct[indices.to_numpy()]
+    out = distinct[np.asarray(indices.fill_null(0))]
+    out[~np.asarray(indices.is_valid())] = 0
+    return out
 
 
 def hash_strings(values: pa.Array | pa.ChunkedArray | list[str], namespace: str = "") -> np.ndarray:
@@ -114,10 +159,28 @@ def hash_strings(values: pa.Array | pa.ChunkedArray | list[str], namespace: str 
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
     starts = offsets[:-1].astype(np.int64)
     lengths = (offsets[1:] - offsets[:-1]).astype(np.int64)
-    seed = fnv1a64(namespace.encode("utf-8") + _SEP)
-    h = np.full(n, seed, dtype=np.uint64)
+    h = np.full(n, _seed(namespace), dtype=np.uint64)
     prime = np.uint64(FNV_PRIME)
     max_len = int(lengths.max()) if n else 0
+    if max_len * n <= 2 * int(lengths.sum()) + n:
+        # Lengths alike (ids of one format): gather the bytes into a [position, string] matrix
+        # once, then step every string through each position (masked past the shortest string).
+        if max_len:
+            at = np.arange(max_len)[:, None]
+            grid = data[np.minimum(starts[None, :] + at, len(data) - 1)].astype(np.uint64)
+            shortest = int(lengths.min())
+            with np.errstate(over="ignore"):
+                for j in range(shortest):
+                    h ^= grid[j]
+                    h *= prime
+                if shortest < max_len:
+                    live = at[shortest:] < lengths[None, :]
+                    for j in range(shortest, max_len):
+                        h = np.where(live[j - shortest], (h ^ grid[j]) * prime, h)
+        out = fmix64(h)
+        if values.null_count:
+            out[~np.asarray(values.is_valid())] = 0
+        return out
     # Strings sorted by length let each byte position touch only the strings still long enough.
     order = np.argsort(-lengths, kind="stable")
     sorted_len = lengths[order]

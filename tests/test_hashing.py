@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 
-from pipeline.hashing import fnv1a64, hash_one, hash_strings
+from pipeline.hashing import fnv1a64, hash_one, hash_repeated_strings, hash_strings
 
 SAMPLES = ["", "a", "foobar", "u123", "é", "日本語", "x" * 300, "with\x1fsep", "emoji 🎉"]
 
@@ -23,6 +23,20 @@ def test_fnv1a64_matches_published_test_vectors():
 def test_hash_strings_vectorised_equals_reference():
     got = hash_strings(pa.array(SAMPLES), namespace="item_id")
     assert got.tolist() == [hash_one(s, "item_id") for s in SAMPLES]
+
+
+def test_hash_strings_both_kernels_equal_reference():
+    # lengths alike take the masked kernel, skewed ones the length-sorted kernel; empty and
+    # multi-byte strings, a slice ending at the data buffer's end, and nulls in both
+    rng = np.random.default_rng(0)
+    alike = [f"e{i}" for i in rng.integers(0, 10**6, 500)] + ["", "é", None]
+    skewed = [*alike, "y" * 1000]
+    for values in (alike, skewed):
+        arr = pa.array(values)
+        want = [0 if v is None else hash_one(v, "event_id") for v in values]
+        assert hash_strings(arr, "event_id").tolist() == want
+        assert hash_strings(arr.slice(3), "event_id").tolist() == want[3:]
+        assert hash_repeated_strings(arr, "event_id").tolist() == want
 
 
 def test_hash_strings_sliced_and_chunked_arrays_equal_reference():

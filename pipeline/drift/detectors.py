@@ -135,7 +135,15 @@ class Adwin(ChangeDetector):
         # river's ADWIN wraps a compiled window whose update() returns True on a cut; calling it directly
         # halves the per-event cost and never triggers the wrapper's full reset
         helper = getattr(det, "_helper", None)
-        for j, v in enumerate(x.tolist()):
+        values = x.tolist()
+        if helper is not None and hasattr(helper, "__setstate__"):
+            # most batches hold no cut: update in one C-level pass, and only when one cut happened
+            # rewind to the saved window and replay event by event to read the window at the cut
+            saved = helper.__getstate__()
+            if not any(map(helper.update, values)):
+                return []
+            helper.__setstate__(saved)
+        for j, v in enumerate(values):
             if helper is not None:
                 cut = helper.update(v)
             else:  # pragma: no cover - another river layout: the public API, then undo the reset flag

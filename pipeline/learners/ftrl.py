@@ -71,6 +71,7 @@ class FTRL(Learner):
         self.bits = integer("bits", bits, 4, 30)
         self._z = np.zeros(1 << bits, dtype=np.float64)
         self._n = np.zeros(1 << bits, dtype=np.float64)
+        self._scratch: np.ndarray | None = None  # see _group
 
     def _weights(self, slots: np.ndarray) -> np.ndarray:
         z = self._z[slots]
@@ -98,7 +99,7 @@ class FTRL(Learner):
         # d logloss / d margin = p - y, spread to every feature of the row
         g_row = predictions - labels
         g_nnz = g_row[batch.row_of_nnz] * batch.values
-        uniq, inverse = np.unique(slots, return_inverse=True)
+        uniq, inverse = self._group(slots)
         g = np.bincount(inverse, weights=g_nnz, minlength=len(uniq))
         w = self._weights(uniq)
         n_old = self._n[uniq]
@@ -106,6 +107,22 @@ class FTRL(Learner):
         sigma = (np.sqrt(n_new) - np.sqrt(n_old)) / self.alpha
         self._z[uniq] += g - sigma * w
         self._n[uniq] = n_new
+
+    def _group(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(distinct slots, index of each entry's slot among them)`` without sorting.
+
+        ``np.unique`` sorts, which was a fifth of a replay's time; two scratch arrays over the
+        table (not state) find the distinct slots in O(nnz). The gradient sums come out the same,
+        since ``bincount`` adds each slot's entries in their batch order either way.
+        """
+        if self._scratch is None:
+            self._scratch = np.empty(len(self._z), np.int64)
+        scratch = self._scratch
+        positions = np.arange(len(slots))
+        scratch[slots] = positions  # the last entry of every slot wins
+        uniq = slots[scratch[slots] == positions]
+        scratch[uniq] = np.arange(len(uniq))
+        return uniq, scratch[slots]
 
     def state(self) -> StateBundle:
         return StateBundle(arrays={"z": self._z.copy(), "n": self._n.copy()}, meta={"bits": self.bits})
