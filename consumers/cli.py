@@ -3,9 +3,17 @@
 Exit codes: 0 success (also when records were dead-lettered), 1 unexpected failure, 2 usage or
 configuration error (the message names the bad key or argument), 130 interrupted (after a final
 snapshot where one is configured).
+
+Before numpy loads, the command caps OpenBLAS at one thread unless ``OPENBLAS_NUM_THREADS`` is
+set: micro-batch matrices are small, and OpenBLAS's pool of spinning threads cost a tenth of a
+CPU-second at every start and contend with the stream's own thread (torch keeps its own pool).
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before anything imports numpy
 
 import argparse
 import importlib

@@ -178,7 +178,7 @@ class FileSource:
 
     def _parquet(self, path: str, start: int) -> Iterator[RawBatch]:
         try:
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(path, memory_map=True)
         except (pa.ArrowInvalid, OSError) as exc:
             raise ConfigError(f"cannot read Parquet file {path!r}: {exc}") from exc
         first, row = pf.num_row_groups, 0

@@ -45,7 +45,12 @@ class Deduplicator:
         ring = self._ring
         hashes = hash_strings(event_ids, "event_id")
         ids = hashes.tolist()
-        if n <= self.window and seen.isdisjoint(ids) and len(set(ids)) == n:
+        before = len(seen)
+        if n <= self.window and seen.isdisjoint(ids):
+            seen.update(ids)
+            if len(seen) - before < n:  # a repeat inside the batch: undo, and go event by event
+                seen.difference_update(ids)
+        if len(seen) - before == n:
             # the usual batch, no repeat at all: every id is kept, the oldest overflow leaves the
             # window, all in bulk (the loop below gives the same ring and set, event by event)
             evict = max(0, self._size + n - self.window)
@@ -53,7 +58,6 @@ class Deduplicator:
                 oldest = (self._head - self._size) % self.window
                 seen.difference_update(ring[(oldest + np.arange(evict)) % self.window].tolist())
             ring[(self._head + np.arange(n)) % self.window] = hashes
-            seen.update(ids)
             self._head = (self._head + n) % self.window
             self._size = min(self.window, self._size + n)
             return np.ones(n, dtype=bool)

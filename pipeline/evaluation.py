@@ -37,7 +37,7 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
         return math.nan
-    order = np.argsort(s, kind="mergesort")
+    order = np.argsort(s)  # any order within ties: a tie group shares its average rank
     s_sorted = s[order]
     # average 1-based rank of each tie group
     boundaries = np.flatnonzero(np.diff(s_sorted)) + 1

@@ -53,3 +53,12 @@ def test_state_round_trip_continues_like_the_original():
     for i in range(1000, 2000, 50):
         batch = pa.array(stream[i : i + 50])
         assert b.filter(batch).tolist() == a.filter(batch).tolist()
+
+
+def test_a_long_stream_through_a_large_window_keeps_the_table_sound():
+    # many evictions with a steady trickle of repeats, across the bulk and the event-by-event paths
+    rng = np.random.default_rng(7)
+    stream = [f"e{i}" for i in rng.integers(30_000, size=60_000)]
+    batches = [stream[i : i + 2000] for i in range(0, len(stream), 2000)]
+    d = Deduplicator(5000)
+    assert [d.filter(pa.array(b)).tolist() for b in batches] == reference(batches, 5000)

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from pipeline.drift.settings import DriftSettings
 from pipeline.drift.statistics import score
-from pipeline.drift.windows import Hysteresis, SlidingBlocks
+from pipeline.drift.windows import Hysteresis, SlidingBlocks, segment_histograms
 from pipeline.learners.base import StateBundle
 
 __all__ = ["CategoricalSignal", "NumericSignal", "quantile_edges"]
@@ -82,10 +82,9 @@ class _Signal:
                 return []
         idx = self._bin(values)
         width = self.window.width
-        evicted = self.window.push(len(idx), lambda lo, hi: np.bincount(idx[lo:hi], minlength=width))
+        evicted = self.window.push(len(idx), segment_histograms(idx, width))
         if self.settings.reference == "sliding":
-            for sums, count in evicted:
-                self.reference.add_block(sums, count)
+            self.reference.add_blocks(evicted)
         if not self.window.full:
             return []
         ref, current = self.reference.total(), self.window.total()
@@ -107,9 +106,7 @@ class _Signal:
         n_ref = -(-s.reference_events // block)
         self.reference = SlidingBlocks(width, n_ref * block, n_ref)
         if reference_idx is not None:
-            self.reference.push(
-                len(reference_idx), lambda lo, hi: np.bincount(reference_idx[lo:hi], minlength=width)
-            )
+            self.reference.push(len(reference_idx), segment_histograms(reference_idx, width))
             self.reference.seal()
         self.phase = MONITOR
 

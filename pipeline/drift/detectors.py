@@ -52,14 +52,14 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.drift.settings import DriftSettings
-from pipeline.drift.windows import SlidingBlocks
+from pipeline.drift.windows import SlidingBlocks, segment_sums
 from pipeline.learners.base import StateBundle
 from pipeline.learners.safe_state import dumps, loads
 
 __all__ = ["ChangeDetector", "LossDriftTracker", "excess_logloss", "make_detector"]
 
 _EPS = 1e-4
-_EWMA_BLOCK = 256  # keeps decay**-k finite for any half-life >= 1
+_EWMA_BLOCK = 256  # events per vectorised EWMA step per half-life: decay**-k stays below 2**256
 
 
 def _river_detector(module: str, name: str) -> type:
@@ -282,7 +282,7 @@ class LossDriftTracker:
         e = e[skip:]
         if len(e) == 0:
             return []
-        self.window.push(len(e), lambda lo, hi: np.array([e[lo:hi].sum(), hi - lo]))
+        self.window.push(len(e), segment_sums(e))
         means, ends = self._chunk_means(e)
         if self._standardize:
             means = means / (self._scale(e) / math.sqrt(self.chunk))
@@ -305,8 +305,9 @@ class LossDriftTracker:
         d, a = self._decay, 1.0 - self._decay
         out = np.empty(len(y))
         m, w = self._ewma
-        for lo in range(0, len(y), _EWMA_BLOCK):
-            yy = y[lo : lo + _EWMA_BLOCK]
+        step = _EWMA_BLOCK * max(1, int(self.settings.baseline_halflife))
+        for lo in range(0, len(y), step):
+            yy = y[lo : lo + step]
             k = np.arange(len(yy))
             inv = d ** -(k + 1.0)
             weighted = np.cumsum(yy * inv)

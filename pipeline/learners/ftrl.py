@@ -6,6 +6,9 @@ computed lazily from them::
     w_i = 0                                                  if |z_i| <= l1
     w_i = -(z_i - sign(z_i) l1) / ((beta + sqrt(n_i)) / alpha + l2)   otherwise
 
+The weights are kept in a table beside ``z`` and ``n`` (derived state, recomputed on restore) and
+refreshed for the coordinates a batch touched, so scoring is one gather.
+
 A micro-batch is one FTRL step: the gradient of each coordinate is summed over the batch's events
 (``np.bincount``), then ``sigma = (sqrt(n + g²) - sqrt(n)) / alpha``, ``z += g - sigma w`` and
 ``n += g²``. With batch size 1 this is exactly the per-event algorithm.
@@ -71,6 +74,7 @@ class FTRL(Learner):
         self.bits = integer("bits", bits, 4, 30)
         self._z = np.zeros(1 << bits, dtype=np.float64)
         self._n = np.zeros(1 << bits, dtype=np.float64)
+        self._w = np.zeros(1 << bits, dtype=np.float64)  # _weights of every slot, kept current
         self._scratch: np.ndarray | None = None  # see _group
 
     def _weights(self, slots: np.ndarray) -> np.ndarray:
@@ -88,7 +92,7 @@ class FTRL(Learner):
         if len(batch) == 0:
             return np.zeros(0)
         slots = batch.slots(self.bits)
-        margin = self._margin(batch, slots, self._weights(slots))
+        margin = self._margin(batch, slots, self._w[slots])
         return 1.0 / (1.0 + np.exp(-np.clip(margin, -35.0, 35.0)))
 
     def learn(self, batch: FeatureBatch, predictions: np.ndarray) -> None:
@@ -101,12 +105,13 @@ class FTRL(Learner):
         g_nnz = g_row[batch.row_of_nnz] * batch.values
         uniq, inverse = self._group(slots)
         g = np.bincount(inverse, weights=g_nnz, minlength=len(uniq))
-        w = self._weights(uniq)
+        w = self._w[uniq]
         n_old = self._n[uniq]
         n_new = n_old + g * g
         sigma = (np.sqrt(n_new) - np.sqrt(n_old)) / self.alpha
         self._z[uniq] += g - sigma * w
         self._n[uniq] = n_new
+        self._w[uniq] = self._weights(uniq)
 
     def _group(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(distinct slots, index of each entry's slot among them)`` without sorting.
@@ -135,3 +140,4 @@ class FTRL(Learner):
             )
         self._z = np.array(z, dtype=np.float64)
         self._n = np.array(n, dtype=np.float64)
+        self._w = self._weights(slice(None))
