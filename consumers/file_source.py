@@ -6,8 +6,15 @@ batch boundaries — and therefore learner updates — are identical whether a r
 through or resumes from a snapshot. Positions are ``{file path: next record index}``.
 
 JSONL and gzip JSONL yield raw bytes per line (validated by :func:`pipeline.events.decode_json`);
-Parquet and CSV yield Arrow batches (:func:`pipeline.events.decode_arrow`). In CSV files every
-column that is not an event field becomes a feature.
+blank lines are skipped and counted (``blank_lines``), and positions count lines, blank or not. A
+file that holds one JSON array instead of JSON Lines is refused with a hint; a truncated or
+corrupt gzip file yields every whole line before the damage, then raises
+:class:`~pipeline.errors.InputError` naming the file and the last good line.
+
+Parquet and CSV yield Arrow batches (:func:`pipeline.events.decode_arrow`), whose column types are
+checked once per file (:func:`pipeline.events.columns.check_schema`: a required column missing or
+of an unusable type stops with an error naming it; columns that cannot be features are named in a
+warning). In both, every column that is not an event field is a feature.
 
 Examples
 --------
@@ -22,10 +29,10 @@ Examples
 from __future__ import annotations
 
 import glob
-import gzip
-import io
 import itertools
+import logging
 import os
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -33,23 +40,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError
+from pipeline.events.columns import check_schema
 from pipeline.runner import RawBatch
 
 __all__ = ["FileSource", "detect_format", "expand_paths"]
 
-_EVENT_FIELDS = {
-    "event_id",
-    "ts",
-    "user_id",
-    "item_id",
-    "label",
-    "event_type",
-    "position",
-    "propensity",
-    "request_id",
-    "features",
-}
+log = logging.getLogger("streamlearn.source")
 _STRING_FIELDS = ("event_id", "user_id", "item_id", "event_type", "request_id")
 _SUFFIXES = {
     ".jsonl": "jsonl",
@@ -130,6 +127,7 @@ class FileSource:
         self.bytes_total = sum(os.path.getsize(f) for f in self.files)
         self.bytes_done = 0
         self.current_file: str | None = None
+        self.blank_lines = 0  # skipped JSONL lines holding only whitespace
 
     def seek(self, positions: dict[str, int]) -> None:
         """Resume: skip records before each file's saved position (files absent start at 0)."""
@@ -159,28 +157,62 @@ class FileSource:
 
     # ------------------------------------------------------------------------------ readers
     def _jsonl(self, path: str, start: int) -> Iterator[RawBatch]:
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as raw:
-            f = io.BufferedReader(raw, 1 << 20) if path.endswith(".gz") else raw
-            for _ in itertools.islice(f, start):
-                pass
+        compressed = path.endswith(".gz")
+        with open(path, "rb") as raw:
+            f = _gzip_lines(raw) if compressed else raw
             row = start
-            while True:
-                lines = list(itertools.islice(f, self.batch_size))
-                if not lines:
-                    return
-                values = [
-                    ln[:-2] if ln.endswith(b"\r\n") else ln[:-1] if ln.endswith(b"\n") else ln for ln in lines
-                ]
-                first = row
-                row += len(values)
-                yield RawBatch(values=values, positions={path: row}, origin=_line_origin(path, first))
+            try:
+                for _ in itertools.islice(f, start):
+                    pass
+                while True:
+                    lines = (
+                        _read_lines(f, self.batch_size)
+                        if compressed
+                        else list(itertools.islice(f, self.batch_size))
+                    )
+                    if not lines:
+                        return
+                    if row == 0:
+                        _refuse_json_array(path, lines[0])
+                    first = row
+                    row += len(lines)
+                    batch = self._line_batch(path, first, lines)
+                    if batch is not None:
+                        yield batch
+            except _Damaged as exc:
+                if exc.lines:
+                    batch = self._line_batch(path, row, exc.lines)
+                    row += len(exc.lines)
+                    if batch is not None:
+                        yield batch
+                raise InputError(
+                    f"{path}: the compressed file is truncated or corrupt after line {row:,} ({exc.cause}); "
+                    f"the records up to line {row:,} were read"
+                ) from exc.cause
+
+    def _line_batch(self, path: str, first: int, lines: list[bytes]) -> RawBatch | None:
+        """The records of ``lines`` (the file's lines ``first + 1 ...``), blank ones skipped."""
+        values = [ln[:-2] if ln.endswith(b"\r\n") else ln[:-1] if ln.endswith(b"\n") else ln for ln in lines]
+        keep = [i for i, v in enumerate(values) if v.strip()] if any(not v.strip() for v in values) else None
+        if keep is not None:
+            self.blank_lines += len(values) - len(keep)
+            values = [values[i] for i in keep]
+        end = first + len(lines)
+        if not values:
+            self._positions[path] = end  # a stretch of blank lines still moves the position on
+            return None
+        if keep is None:
+            return RawBatch(values=values, positions={path: end}, origin=_line_origin(path, first))
+        return RawBatch(
+            values=values, positions={path: end}, origin=lambda i: {"file": path, "line": first + keep[i] + 1}
+        )
 
     def _parquet(self, path: str, start: int) -> Iterator[RawBatch]:
         try:
             pf = pq.ParquetFile(path, memory_map=True)
         except (pa.ArrowInvalid, OSError) as exc:
             raise ConfigError(f"cannot read Parquet file {path!r}: {exc}") from exc
+        _check_columns(pf.schema_arrow, path)
         first, row = pf.num_row_groups, 0
         for i in range(pf.num_row_groups):
             rows = pf.metadata.row_group(i).num_rows
@@ -203,8 +235,8 @@ class FileSource:
             )
         except (pa.ArrowInvalid, OSError) as exc:
             raise ConfigError(f"cannot read CSV file {path!r}: {exc}") from exc
-        batches = (_csv_features(b) for b in reader)
-        yield from self._rebatch(path, batches, start, start)
+        _check_columns(reader.schema, path)
+        yield from self._rebatch(path, reader, start, start)
 
     def _rebatch(self, path: str, batches, start: int, skip: int) -> Iterator[RawBatch]:
         """Re-chunk Arrow batches into exactly ``batch_size`` rows, after skipping ``skip`` rows."""
@@ -255,13 +287,73 @@ def _row_origin(path: str, first: int):
     return lambda i: {"file": path, "row": first + i}
 
 
-def _csv_features(batch: pa.RecordBatch) -> pa.RecordBatch:
-    extra = [name for name in batch.schema.names if name not in _EVENT_FIELDS]
-    if not extra:
-        return batch
-    keep = [name for name in batch.schema.names if name in _EVENT_FIELDS]
-    feats = pa.StructArray.from_arrays([batch.column(n) for n in extra], names=extra)
-    return pa.RecordBatch.from_arrays([batch.column(n) for n in keep] + [feats], names=[*keep, "features"])
+def _check_columns(schema: pa.Schema, path: str) -> None:
+    ignored = check_schema(schema, path)
+    if ignored:
+        log.warning("%s: columns left out (no feature rule for their types): %s", path, ", ".join(ignored))
+
+
+class _Damaged(Exception):
+    """A compressed stream broke off; ``lines`` are the whole lines read before the damage."""
+
+    def __init__(self, lines: list[bytes], cause: BaseException):
+        super().__init__(str(cause))
+        self.lines, self.cause = lines, cause
+
+
+class _Broken(Exception):
+    """Raised by :func:`_gzip_lines` after the last whole line before the damage."""
+
+
+def _gzip_lines(f, chunk: int = 1 << 16) -> Iterator[bytes]:
+    """The lines of a gzip file (members concatenated), decompressed chunk by chunk.
+
+    Decompressing ourselves, instead of through ``gzip.open`` behind a buffer, keeps every whole
+    line before a damage: a buffered reader would lose what it had read ahead.
+    """
+    decomp, fed = zlib.decompressobj(wbits=31), False  # fed: the current member has begun
+    pending = b""
+    while True:
+        data = f.read(chunk)
+        if not data:
+            if fed and not decomp.eof:
+                raise _Broken(EOFError("compressed file ended before the end-of-stream marker"))
+            if pending:
+                yield pending  # a last line without a newline
+            return
+        while data:
+            try:
+                out = decomp.decompress(data)
+            except zlib.error as exc:
+                raise _Broken(exc) from exc
+            data, fed = b"", True
+            if decomp.eof:  # a member ended: the rest is the next member
+                data, decomp, fed = decomp.unused_data, zlib.decompressobj(wbits=31), False
+            if out:
+                lines = (pending + out).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    yield line + b"\n"
+
+
+def _read_lines(f, n: int) -> list[bytes]:
+    """Up to ``n`` lines of :func:`_gzip_lines`; a damage raises :class:`_Damaged` with the lines before it."""
+    lines: list[bytes] = []
+    try:
+        for line in itertools.islice(f, n):
+            lines.append(line)
+    except _Broken as exc:
+        raise _Damaged(lines, exc.args[0]) from exc
+    return lines
+
+
+def _refuse_json_array(path: str, first_line: bytes) -> None:
+    text = first_line[:64].lstrip()
+    if text.startswith(b"[") and (text[1:].lstrip()[:1] in (b"{", b"") or text[1:2] in (b"\n", b"\r")):
+        raise ConfigError(
+            f"{path} holds a JSON array; streamlearn reads JSON Lines (one JSON object per line). "
+            f"Convert it with: jq -c '.[]' {path} > events.jsonl"
+        )
 
 
 def _drop_head(batch: RawBatch, k: int) -> RawBatch:

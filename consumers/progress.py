@@ -1,7 +1,9 @@
 """Progress line and closing summary for long-running commands (stderr).
 
 On a terminal the line redraws in place every ``interval`` seconds; in logs (not a TTY) a new
-line is printed every ``log_interval`` seconds instead, so CI output stays readable.
+line is printed every ``log_interval`` seconds instead, so CI output stays readable. Duplicates
+join the line once they are more than a trickle (:data:`DUPLICATE_SHARE` of the records read):
+a stream that repeats itself, e.g. two producer runs of the same events, shows at once.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-__all__ = ["Progress", "format_summary"]
+__all__ = ["DUPLICATE_SHARE", "Progress", "format_summary"]
+
+#: share of duplicates among the records read above which the progress line shows them
+DUPLICATE_SHARE = 0.01
 
 
 def _fmt_int(n: float) -> str:
@@ -43,6 +48,7 @@ class Progress:
         where: str = "",
         extra: str | Callable[[], str] = "",
         force: bool = False,
+        duplicates: int = 0,
     ) -> None:
         """Print the line if it is due; ``extra`` may be a callable, evaluated only when printing
         (windowed AUC costs a sort, not worth paying on every micro-batch)."""
@@ -53,7 +59,10 @@ class Progress:
             return
         rate = (records - self._last_records) / max(now - self._last, 1e-9)
         self._last, self._last_records = now, records
-        line = f"{_fmt_int(records)} records | {_fmt_int(applied)} applied | {_fmt_int(dead)} dead | {_fmt_int(rate)} ev/s"
+        line = f"{_fmt_int(records)} records | {_fmt_int(applied)} applied | {_fmt_int(dead)} dead"
+        if records and duplicates > DUPLICATE_SHARE * records:
+            line += f" | {_fmt_int(duplicates)} duplicates ({duplicates / records:.0%})"
+        line += f" | {_fmt_int(rate)} ev/s"
         if where:
             line += f" | {where}"
         if callable(extra):
@@ -92,6 +101,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"duplicates        {_fmt_int(summary['duplicates'])}",
         f"late events       {_fmt_int(summary['late'])}",
     ]
+    for warning in summary.get("warnings", ()):
+        lines.append(f"warning           {warning}")
+    if summary.get("blank_lines"):
+        lines.append(f"blank lines       {_fmt_int(summary['blank_lines'])}  (skipped)")
     if "events_per_second" in summary:
         lines.append(
             f"throughput        {_fmt_int(summary['events_per_second'])} events/s over {summary['seconds']:.1f} s"

@@ -58,8 +58,10 @@ class EventsConfig:
     max_features: int = 256
     dedup_window: int = 100_000
     allowed_lateness_ms: int = 3_600_000
+    ts_unit: str = "ms"
 
     def validate(self) -> None:
+        _check(self.ts_unit in ("s", "ms", "us"), "events.ts_unit", self.ts_unit, "one of s, ms, us")
         _check(
             self.max_record_bytes >= 64, "events.max_record_bytes", self.max_record_bytes, "an integer >= 64"
         )
@@ -125,6 +127,15 @@ class DeadLetterConfig:
     path: str = "dead_letters.jsonl"
     topic: str = ""
     topic_suffix: str = ".dlq"
+    max_message_bytes: int = 1_048_576
+
+    def validate(self) -> None:
+        _check(
+            self.max_message_bytes >= 4096,
+            "dead_letter.max_message_bytes",
+            self.max_message_bytes,
+            "an integer >= 4096",
+        )
 
 
 @dataclass(frozen=True)

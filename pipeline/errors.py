@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ConfigError", "SnapshotError", "StreamlearnError", "require"]
+__all__ = ["ConfigError", "InputError", "SnapshotError", "StreamlearnError", "require"]
 
 
 class StreamlearnError(Exception):
@@ -13,6 +13,11 @@ class StreamlearnError(Exception):
 
 class ConfigError(StreamlearnError, ValueError):
     """A configuration value or command-line argument is invalid; the message names the key."""
+
+
+class InputError(StreamlearnError):
+    """An input file cannot be read on (truncated or corrupt); the message names the file and the
+    last record read whole."""
 
 
 class SnapshotError(StreamlearnError):

@@ -31,6 +31,7 @@ from pipeline.config import Config
 from pipeline.dedup import Deduplicator, LatenessTracker
 from pipeline.evaluation import WindowedMetrics
 from pipeline.events import DeadLetter, EventBatch, EventRules, attach_origins, decode_arrow, decode_json
+from pipeline.events.time_units import TimestampPlausibility
 from pipeline.features import FeatureBatch, FeatureSpec, Featurizer
 from pipeline.learners.base import Learner, StateBundle
 from pipeline.learners.registry import build_learner
@@ -138,7 +139,10 @@ class Runner:
         }
         self.dead_by_reason: dict[str, int] = {}
         self.history: list[dict[str, Any]] = []  # metric rows since the last snapshot
+        self.warnings: list[str] = []  # said once each (logged and in the summary)
         self._next_report = report_every
+        self._ts_check = TimestampPlausibility(self.rules.ts_unit)
+        self._ts_checks_left = 10  # batches: a stream in another unit shows at once
 
     @classmethod
     def from_config(cls, config: Config, dead_letters: DeadLetterSink | None = None, **kwargs) -> Runner:
@@ -155,7 +159,7 @@ class Runner:
         ev = config.events
         return cls(
             learners,
-            rules=EventRules(ev.max_record_bytes, tuple(ev.event_types), ev.max_features),
+            rules=EventRules.from_config(ev),
             feature_spec=FeatureSpec(
                 config.features.crosses, config.features.standardize, config.features.exclude
             ),
@@ -187,6 +191,12 @@ class Runner:
         if duplicates:
             events = events.take(np.flatnonzero(keep))
         late = self.lateness.update(events.ts)
+        if self._ts_checks_left and len(events):
+            self._ts_checks_left -= 1
+            message = self._ts_check.check(events.ts)
+            if message is not None:
+                logger.warning(message)
+                self.warnings.append(message)
         t1 = time.perf_counter()
         durations["decode"] = t1 - t0
         features = self.featurizer.transform_and_update(events) if len(events) else None
@@ -269,6 +279,8 @@ class Runner:
             out["seconds"] = seconds
             out["events_per_second"] = self.counters["records"] / seconds if seconds > 0 else float("nan")
         out["learners"] = {name: wm.get() for name, wm in self.metrics.items()}
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
 
     # ------------------------------------------------------------------------------ state
@@ -294,8 +306,10 @@ class Runner:
                 bundles[obs.state_key] = obs.state()
         return bundles
 
-    def load_state(self, bundles: dict[str, StateBundle]) -> None:
-        missing = [lr.name for lr in self.learners if lr.name not in bundles]
+    def load_state(self, bundles: dict[str, StateBundle], cold: Sequence[str] = ()) -> None:
+        """Restore every learner and observer from ``bundles``; learners named in ``cold`` may be
+        absent there and keep their fresh state (a learner added since the snapshot)."""
+        missing = [lr.name for lr in self.learners if lr.name not in bundles and lr.name not in cold]
         if missing or "_runner" not in bundles:
             raise ValueError(f"snapshot lacks state for {missing or ['_runner']}; saved: {sorted(bundles)}")
         own = bundles["_runner"]
@@ -312,7 +326,8 @@ class Runner:
             if key in own.tables:
                 wm.load_state(own.tables[key], int(meta["window_seen"].get(name, 0)))
         for learner in self.learners:
-            learner.load_state(bundles[learner.name])
+            if learner.name in bundles:
+                learner.load_state(bundles[learner.name])
         for obs in self.observers:
             if isinstance(obs, StatefulObserver) and obs.state_key in bundles:
                 try:

@@ -46,6 +46,7 @@ from typing import Any
 from pipeline.config import Config, config_hash
 from pipeline.errors import SnapshotError
 from pipeline.runner import BatchResult, Runner
+from state.compatibility import compare_identity, config_identity
 from state.snapshot import SnapshotStore, check_writable
 
 __all__ = ["Checkpointer", "SnapshotResult", "WriterLock"]
@@ -134,7 +135,13 @@ class Checkpointer:
         (every :class:`~pipeline.observers.DriftEventSource` observer of the runner).
     on_config_mismatch
         ``"error"`` (default): :meth:`restore` refuses a snapshot written under another
-        configuration; ``"warn"``: load it anyway, with a warning.
+        configuration when the change alters what the stored state means
+        (:mod:`state.compatibility`: a learner's kind or parameters, the features, the seed, the
+        unit of times); adding or removing learners is taken (new ones start cold, removed ones
+        are dropped, both noted in ``restore_notes``). ``"warn"``: load it anyway, with a warning.
+    identity
+        :func:`state.compatibility.config_identity` of the running configuration, recorded in
+        every snapshot so that a later restore can tell what changed (None: the hash only).
     """
 
     def __init__(
@@ -148,6 +155,7 @@ class Checkpointer:
         catalog: bool = True,
         drift_source: Callable[[], list[dict]] | None = None,
         on_config_mismatch: str = "error",
+        identity: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         if every_events < 0:
@@ -163,6 +171,8 @@ class Checkpointer:
         self.catalog = catalog
         self.drift_source = drift_source
         self.on_config_mismatch = on_config_mismatch
+        self.identity = identity
+        self.restore_notes: list[str] = []
         self._clock = clock
         check_writable(store.root)
         self._lock: WriterLock | None = WriterLock(store.root)
@@ -195,6 +205,7 @@ class Checkpointer:
         return cls(
             SnapshotStore(snap.dir, keep=snap.keep),
             config_hash(config),
+            identity=config_identity(config),
             every_events=snap.every_events,
             every_seconds=snap.every_seconds,
             background=snap.background,
@@ -307,6 +318,7 @@ class Checkpointer:
                 positions=job.positions,
                 events_applied=job.counters.get("applied", 0),
                 config_hash=self.config_hash,
+                config=self.identity,
                 counters=job.counters,
                 kinds=job.kinds,
                 history=job.history,
@@ -399,9 +411,26 @@ class Checkpointer:
         if found is None:
             return None
         manifest, bundles = found
+        cold: list[str] = []
+        self.restore_notes = []
         if manifest["config_hash"] != self.config_hash:
+            cold = self._reconcile(manifest)
+        try:
+            runner.load_state(bundles, cold=cold)
+        except (KeyError, ValueError) as exc:
+            raise SnapshotError(f"snapshot {manifest['seq']:08d} does not fit this runner: {exc}") from exc
+        self._written_records = runner.counters["records"]
+        self._schedule(self._written_records)
+        self.last_manifest = manifest
+        return manifest
+
+    def _reconcile(self, manifest: dict[str, Any]) -> list[str]:
+        """Check a snapshot written under another configuration; returns the learners that start cold."""
+        seq = f"{manifest['seq']:08d}"
+        saved = manifest.get("config")
+        if saved is None or self.identity is None:  # a snapshot of an older version: the hash only
             msg = (
-                f"snapshot {manifest['seq']:08d} was written under another configuration "
+                f"snapshot {seq} was written under another configuration "
                 f"(config hash {manifest['config_hash'][:12]}…, now {self.config_hash[:12]}…)"
             )
             if self.on_config_mismatch == "error":
@@ -409,14 +438,17 @@ class Checkpointer:
                     msg + "; restore it with the same learners, features and seed, or use a new state dir"
                 )
             log.warning("%s; loading it anyway", msg)
-        try:
-            runner.load_state(bundles)
-        except (KeyError, ValueError) as exc:
-            raise SnapshotError(f"snapshot {manifest['seq']:08d} does not fit this runner: {exc}") from exc
-        self._written_records = runner.counters["records"]
-        self._schedule(self._written_records)
-        self.last_manifest = manifest
-        return manifest
+            return []
+        change = compare_identity(saved, self.identity)
+        if change.refusals and self.on_config_mismatch == "error":
+            raise SnapshotError(
+                f"snapshot {seq} was written under another configuration: {'; '.join(change.refusals)}. "
+                f"Restore with the settings it was written with, or start a new state dir"
+            )
+        for note in [*change.refusals, *change.notes]:
+            log.warning("snapshot %s: %s", seq, note)
+        self.restore_notes = [*change.refusals, *change.notes]
+        return change.cold
 
     def close(self) -> None:
         """Wait for the write in flight, stop the writer thread and release the directory."""

@@ -88,16 +88,16 @@ def test_glob_pattern_and_csv(tmp_path):
     assert not dead and events.table.to_pylist()[0]["cat_features"] == [("device", "web")]
 
 
-def test_truncated_last_line_and_blank_lines_reach_the_decoder(tmp_path):
+def test_blank_lines_are_skipped_and_counted_and_a_truncated_last_line_reaches_the_decoder(tmp_path):
     path = tmp_path / "t.jsonl"
-    path.write_bytes(orjson.dumps(_events(1)[0]) + b"\n\n" + b'{"event_id": "e9", "ts"')
-    raw = next(iter(FileSource([str(path)], batch_size=10)))
+    path.write_bytes(orjson.dumps(_events(1)[0]) + b"\n\n  \r\n" + b'{"event_id": "e9", "ts"')
+    src = FileSource([str(path)], batch_size=10)
+    raw = next(iter(src))
     _, dead = decode_json(raw.values, EventRules())
-    assert [(d.index, d.reason) for d in dead] == [(1, "empty_record"), (2, "malformed_json")]
-    assert [raw.origin(d.index) for d in dead] == [
-        {"file": str(path), "line": 2},
-        {"file": str(path), "line": 3},
-    ]
+    assert len(raw) == 2 and src.blank_lines == 2
+    assert [(d.index, d.reason) for d in dead] == [(1, "malformed_json")]
+    assert raw.origin(1) == {"file": str(path), "line": 4}  # line numbers count the blank lines
+    assert raw.positions == {str(path): 4}
 
 
 @pytest.mark.parametrize(
@@ -113,3 +113,55 @@ def test_unknown_suffix_is_a_config_error(tmp_path):
     (tmp_path / "x.txt").write_text("{}")
     with pytest.raises(ConfigError, match="cannot tell the format"):
         FileSource([str(tmp_path / "x.txt")])
+
+
+def test_blank_lines_keep_positions_so_a_resume_starts_at_the_right_line(tmp_path):
+    path = tmp_path / "b.jsonl"
+    lines = [orjson.dumps(e) for e in _events(6)]
+    path.write_bytes(
+        b"\n".join([lines[0], b"", lines[1], lines[2], b"", b"", lines[3], lines[4], lines[5]]) + b"\n"
+    )
+    straight = [v for b in FileSource([str(path)], batch_size=3) for v in b.values]
+    assert straight == lines
+    first = FileSource([str(path)], batch_size=3)
+    it = iter(first)
+    head = next(it).values
+    resumed = FileSource([str(path)], batch_size=3)
+    resumed.seek(first.positions())
+    assert head + [v for b in resumed for v in b.values] == lines
+
+
+def test_a_json_array_file_gets_a_hint_instead_of_one_oversized_record(tmp_path):
+    from pipeline.errors import ConfigError
+
+    for text in (
+        '[\n  {"event_id": "e1"},\n  {"event_id": "e2"}\n]\n',
+        '[{"event_id": "e1"}, {"event_id": "e2"}]',
+    ):
+        path = tmp_path / "array.json"
+        path.write_text(text)
+        with pytest.raises(
+            ConfigError, match=r"holds a JSON array; streamlearn reads JSON Lines.*jq -c '\.\[\]'"
+        ):
+            list(FileSource([str(path)]))
+    path.write_text('[1, 2]\n{"x": 1}\n')  # a bad first record is a dead letter, not a file error
+    assert [len(b) for b in FileSource([str(path)])] == [2]
+
+
+def test_a_truncated_gzip_file_yields_the_whole_lines_then_names_the_file_and_the_last_good_line(tmp_path):
+    import gzip
+
+    from pipeline.errors import InputError
+
+    lines = [orjson.dumps(e) for e in _events(500)]
+    whole = gzip.compress(b"\n".join(lines) + b"\n")
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    got: list[bytes] = []
+    with pytest.raises(
+        InputError, match=r"cut\.jsonl\.gz: the compressed file is truncated or corrupt after line (\d[\d,]*)"
+    ) as info:
+        for b in FileSource([str(path)], batch_size=100):
+            got.extend(b.values)
+    assert 0 < len(got) < 500 and got == lines[: len(got)]  # whole lines only, in order
+    assert f"after line {len(got):,}" in str(info.value)

@@ -420,14 +420,29 @@ def test_cli_writes_parquet_that_decodes_with_invalid_rows_dead_lettered(tmp_pat
     assert not (tmp_path / "s.parquet.tmp").exists()
 
 
-def test_cli_gzip_output_is_reproducible_and_decodes(tmp_path):
+def test_cli_gzip_output_is_reproducible_with_a_run_id_and_decodes(tmp_path):
     paths = [tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"]
     for p in paths:
-        args = _parse("--events", "2000", "--seed", "3", "--items", "40", "--drift", "none", "--out", str(p))
+        args = _parse(*"--events 2000 --seed 3 --items 40 --drift none --run-id r7 --out".split(), str(p))
         assert cmd.run(args) == 0
     assert paths[0].read_bytes() == paths[1].read_bytes()
     events, dead = decode_json(gzip.decompress(paths[0].read_bytes()).splitlines(), EventRules())
     assert len(events) == 2000 and dead == []
+    assert events.column("event_id")[0].as_py() == "r7-e0"
+    assert events.column("request_id")[0].as_py().startswith("r7-r")
+
+
+def test_two_cli_runs_draw_distinct_ids_so_one_topic_holds_no_duplicates(tmp_path):
+    from pipeline.dedup import Deduplicator
+
+    ids = []
+    for name in ("a.jsonl", "b.jsonl"):
+        args = _parse(*"--events 500 --seed 3 --items 40 --drift none --out".split(), str(tmp_path / name))
+        assert cmd.run(args) == 0
+        events, _ = decode_json((tmp_path / name).read_bytes().splitlines(), EventRules())
+        ids.append(events.column("event_id"))
+    dedup = Deduplicator()
+    assert dedup.filter(ids[0]).all() and dedup.filter(ids[1]).all()  # same seed, no repeat
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,14 @@ from typing import Any
 
 from pipeline.config import Config, load_config
 
-__all__ = ["add_config_arguments", "config_from_args", "learner_option", "positive_int", "write_json"]
+__all__ = [
+    "add_config_arguments",
+    "config_from_args",
+    "learner_option",
+    "positive_float",
+    "positive_int",
+    "write_json",
+]
 
 
 def positive_int(text: str) -> int:
@@ -18,6 +25,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
     return value
 
 

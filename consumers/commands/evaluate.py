@@ -213,7 +213,7 @@ def _rules(config: Config) -> EventRules:
     from pipeline.events import EventRules
 
     ev = config.events
-    return EventRules(ev.max_record_bytes, tuple(ev.event_types), ev.max_features)
+    return EventRules.from_config(ev)
 
 
 def _read_log(args: argparse.Namespace, config: Config) -> tuple[pa.Table, dict[str, int]]:

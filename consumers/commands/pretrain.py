@@ -91,7 +91,7 @@ def _feature_batches(source: FileSource, config: Config, dead: list[int]) -> Ite
     from pipeline.features import FeatureSpec, Featurizer
 
     ev = config.events
-    rules = EventRules(ev.max_record_bytes, tuple(ev.event_types), ev.max_features)
+    rules = EventRules.from_config(ev)
     fs = config.features
     featurizer = Featurizer(FeatureSpec(fs.crosses, fs.standardize, fs.exclude))
     for raw in source:

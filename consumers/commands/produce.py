@@ -15,6 +15,7 @@ event's ``ts`` with the time it is sent, for freshness measurements. The sending
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from consumers.commands.common import positive_int
+from consumers.commands.common import positive_float, positive_int
 from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:  # imported when used: the other commands start without kafka-python
@@ -102,6 +103,13 @@ def add_kafka_target_arguments(p: argparse.ArgumentParser, topic_required: bool 
     p.add_argument(
         "--config", metavar="FILE", help="TOML configuration (kafka.bootstrap_servers, kafka.client)"
     )
+    p.add_argument(
+        "--connect-timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up (exit 1) when no broker answers within this time (default: 10)",
+    )
 
 
 def open_writer(args: argparse.Namespace) -> KafkaWriter:
@@ -115,8 +123,8 @@ def open_writer(args: argparse.Namespace) -> KafkaWriter:
     if args.partitions is not None:
         if args.partitions < 1:
             raise ConfigError(f"argument --partitions: must be >= 1, got {args.partitions}")
-        ensure_topic(bootstrap, args.topic, args.partitions, client)
-    return KafkaWriter(bootstrap, args.topic, args.rate, client)
+        ensure_topic(bootstrap, args.topic, args.partitions, client, args.connect_timeout)
+    return KafkaWriter(bootstrap, args.topic, args.rate, client, args.connect_timeout)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -133,7 +141,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def quiet_client_logs(args: argparse.Namespace) -> None:
+    """kafka-python logs every failed connection attempt; the command's own error says it in one line."""
+    if getattr(args, "log_level", "warning").lower() != "debug":
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
 def run(args: argparse.Namespace) -> int:
+    quiet_client_logs(args)
     started = time.monotonic()
     with open_writer(args) as writer:
         sent = send_all(writer, file_values(args.paths, max(1, args.batch_size)), args.key_field, args.now)

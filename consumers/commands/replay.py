@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from consumers.commands.common import add_config_arguments, config_from_args, positive_int, write_json
+from pipeline.errors import InputError
 
 if TYPE_CHECKING:  # imported in run(): `streamlearn --help` needs none of numpy, pyarrow, river
     from consumers.file_source import FileSource
@@ -127,21 +128,38 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     read = 0
     clean = False
+    broken: InputError | None = None
     try:
-        for raw in source:
-            result = runner.process(raw)
-            read += result.records
-            c = runner.counters
-            where = f"{os.path.basename(source.current_file or '')} #{result.positions.get(source.current_file, 0):,}"
-            progress.update(
-                c["records"], c["applied"], c["dead_letters"], where, lambda: _progress_extra(runner)
-            )
-            if stop["signal"] is not None or (args.limit is not None and read >= args.limit):
-                break
+        try:
+            batches = iter(source)
+            for raw in batches:
+                result = runner.process(raw)
+                read += result.records
+                c = runner.counters
+                where = f"{os.path.basename(source.current_file or '')} #{result.positions.get(source.current_file, 0):,}"
+                progress.update(
+                    c["records"],
+                    c["applied"],
+                    c["dead_letters"],
+                    where,
+                    lambda: _progress_extra(runner),
+                    duplicates=c["duplicates"],
+                )
+                if stop["signal"] is not None or (args.limit is not None and read >= args.limit):
+                    break
+        except InputError as exc:
+            # every batch before the damage was applied whole: snapshot them, then report it
+            broken = exc
         clean = True
         c = runner.counters
         progress.update(
-            c["records"], c["applied"], c["dead_letters"], "done", _progress_extra(runner), force=True
+            c["records"],
+            c["applied"],
+            c["dead_letters"],
+            "done",
+            _progress_extra(runner),
+            force=True,
+            duplicates=c["duplicates"],
         )
     finally:
         for s, h in old.items():
@@ -160,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
                 checkpointer.close()
     summary = runner.summary(time.perf_counter() - started)
     summary["records_this_run"] = read
+    summary["blank_lines"] = source.blank_lines
     summary["positions"] = runner.positions
     print(format_summary(summary))
     if sink.written:
@@ -176,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
             truth=args.drift_points,
         )
         print(f"report written to {page}")
+    if broken is not None:
+        raise broken
     if stop["signal"] is not None:
         print(f"stopped by signal {signal.Signals(stop['signal']).name}", file=sys.stderr)
         return 130
@@ -196,3 +217,5 @@ def _resume(checkpointer, runner: Runner, source: FileSource) -> None:
             f"resumed from snapshot {manifest['seq']} ({runner.counters['applied']:,} events applied)",
             file=sys.stderr,
         )
+        for note in checkpointer.restore_notes:
+            print(f"  {note}", file=sys.stderr)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from consumers.commands.produce import add_kafka_target_arguments, open_writer, send_all
+from consumers.commands.produce import add_kafka_target_arguments, open_writer, quiet_client_logs, send_all
 from pipeline.errors import ConfigError
 from pipeline.simulation.config import SimConfig, default_drifts, parse_drift
 
@@ -143,6 +143,13 @@ def register(subparsers) -> None:
     p.add_argument("--events", type=int, default=100_000, help="valid events to write (default 100000)")
     p.add_argument("--out", help="output file: .jsonl, .jsonl.gz or .parquet (unless --to-kafka)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--run-id",
+        help=(
+            "prefix of every event_id and request_id ('<run-id>-e<n>'): default a fresh random one "
+            "per run, so that two runs into one topic do not repeat each other's ids; '' for 'e<n>'"
+        ),
+    )
     p.add_argument("--users", type=int, default=d.n_users, help=f"number of users (default {d.n_users})")
     p.add_argument(
         "--items", type=int, default=d.n_items, help=f"initial number of items (default {d.n_items})"
@@ -167,6 +174,14 @@ def register(subparsers) -> None:
 def _usage_error(message: str) -> int:
     print(f"streamlearn simulate: error: {message}", file=sys.stderr)
     return 2
+
+
+def _run_id(args: argparse.Namespace) -> str:
+    if getattr(args, "run_id", None) is not None:
+        return args.run_id
+    import secrets
+
+    return secrets.token_hex(4)
 
 
 def _drifts(args: argparse.Namespace):
@@ -231,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
             slate_size=args.slate_size,
             late_fraction=args.late_fraction,
             drifts=drifts,
+            run_id=_run_id(args),
         )
     except ConfigError as exc:
         return _usage_error(f"argument --drift: {exc}")
@@ -245,20 +261,23 @@ def run(args: argparse.Namespace) -> int:
     summary = write_stream(Simulator(config), args.out, args.events, args.invalid_fraction, args.truth)
     print(
         f"simulate: wrote {summary.records:,} records ({summary.events:,} events + {summary.invalid:,} invalid) "
-        f"to {summary.path} in {summary.seconds:.1f} s; seed {args.seed}; drifts: {schedule}",
+        f"to {summary.path} in {summary.seconds:.1f} s; seed {args.seed}; run id {config.run_id or 'none'}; "
+        f"drifts: {schedule}",
         file=sys.stderr,
     )
     return 0
 
 
 def _to_kafka(args: argparse.Namespace, sim: Simulator, schedule: str) -> int:
+    quiet_client_logs(args)
     start = time.perf_counter()
     chunks = (chunk.lines for chunk in sim.json_chunks(args.events, args.invalid_fraction, args.truth))
     with open_writer(args) as writer:
         sent = send_all(writer, chunks, args.key_field, args.now)
     print(
         f"simulate: sent {sent:,} records ({args.events:,} events + {sent - args.events:,} invalid) to "
-        f"{args.topic} in {time.perf_counter() - start:.1f} s; seed {args.seed}; drifts: {schedule}",
+        f"{args.topic} in {time.perf_counter() - start:.1f} s; seed {args.seed}; "
+        f"run id {sim.config.run_id or 'none'}; drifts: {schedule}",
         file=sys.stderr,
     )
     return 0

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     ev = config.events
-    rules = EventRules(ev.max_record_bytes, tuple(ev.event_types), ev.max_features)
+    rules = EventRules.from_config(ev)
     source = FileSource(args.paths, config.source.batch_size, args.format)
     total = invalid = printed = 0
     by_reason: dict[str, int] = {}

@@ -11,22 +11,51 @@ from collections.abc import Sequence
 
 import orjson
 from kafka import KafkaAdminClient, KafkaProducer
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from consumers.kafka.dead_letter import ADMIN_KEYS
+from consumers.kafka.errors import UNAVAILABLE_ERRORS
 from pipeline.errors import ConfigError, StreamlearnError
 
-__all__ = ["KafkaProduceError", "KafkaWriter", "ensure_topic"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "KafkaProduceError", "KafkaWriter", "ensure_topic"]
+
+#: how long connecting (and waiting for a topic's metadata) may take before producing gives up
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
 
 
 class KafkaProduceError(StreamlearnError):
-    """Records could not be delivered to the topic."""
+    """Records could not be delivered to the topic (or the broker could not be reached)."""
 
 
-def ensure_topic(bootstrap: str, topic: str, partitions: int, client: dict | None = None) -> bool:
-    """Create ``topic`` with ``partitions`` partitions unless it exists; True if it was created."""
+def _unreachable(bootstrap: str, timeout_s: float, exc: BaseException) -> KafkaProduceError:
+    return KafkaProduceError(
+        f"cannot reach the Kafka broker at {bootstrap} within {timeout_s:g} s ({type(exc).__name__}); "
+        "is it running, and is the bootstrap address right?"
+    )
+
+
+def _bounded(timeout_s: float) -> dict:
+    ms = max(1, int(timeout_s * 1000))
+    return {"bootstrap_timeout_ms": ms, "max_block_ms": ms}
+
+
+def ensure_topic(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    client: dict | None = None,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+) -> bool:
+    """Create ``topic`` with ``partitions`` partitions unless it exists; True if it was created.
+
+    Raises :class:`KafkaProduceError` when no broker answers within ``connect_timeout_s``.
+    """
     security = {k: v for k, v in (client or {}).items() if k in ADMIN_KEYS}
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **security)
+    ms = max(1, int(connect_timeout_s * 1000))
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, bootstrap_timeout_ms=ms, **security)
+    except UNAVAILABLE_ERRORS as exc:
+        raise _unreachable(bootstrap, connect_timeout_s, exc) from exc
     try:
         if topic in set(admin.list_topics()):
             return False
@@ -38,6 +67,8 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, client: dict | Non
         return True
     except TopicAlreadyExistsError:
         return False
+    except KafkaError as exc:
+        raise KafkaProduceError(f"cannot create topic {topic!r} on {bootstrap}: {exc!r}") from exc
     finally:
         admin.close()
 
@@ -53,14 +84,36 @@ class KafkaWriter:
         Records per second (None: as fast as possible).
     client
         Extra kafka-python ``KafkaProducer`` settings (security, ``acks``, …).
+    connect_timeout_s
+        How long connecting, and any one send waiting for metadata or buffer space, may block; then
+        :class:`KafkaProduceError`, as for records still unacknowledged when :meth:`close` ends.
     """
 
-    def __init__(self, bootstrap: str, topic: str, rate: float | None = None, client: dict | None = None):
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        rate: float | None = None,
+        client: dict | None = None,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    ):
         if rate is not None and rate <= 0:
             raise ConfigError(f"rate must be > 0 events/s, got {rate}")
-        settings = {"acks": "all", "linger_ms": 5, "batch_size": 256 * 1024, **(client or {})}
-        self.topic, self.rate = topic, rate
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, **settings)
+        if connect_timeout_s <= 0:
+            raise ConfigError(f"connect timeout must be > 0 s, got {connect_timeout_s}")
+        settings = {
+            "acks": "all",
+            "linger_ms": 5,
+            "batch_size": 256 * 1024,
+            **_bounded(connect_timeout_s),
+            **(client or {}),
+        }
+        self.bootstrap, self.topic, self.rate = bootstrap, topic, rate
+        self.connect_timeout_s = connect_timeout_s
+        try:
+            self.producer = KafkaProducer(bootstrap_servers=bootstrap, **settings)
+        except UNAVAILABLE_ERRORS as exc:
+            raise _unreachable(bootstrap, connect_timeout_s, exc) from exc
         self.sent = 0
         self.failures = 0
         self.last_error: BaseException | None = None
@@ -78,7 +131,14 @@ class KafkaWriter:
                 chunk = _restamp(chunk)
             for i, value in enumerate(chunk):
                 key = keys[lo + i] if keys is not None else None
-                self.producer.send(self.topic, value=value, key=key).add_errback(self._failed)
+                try:
+                    future = self.producer.send(self.topic, value=value, key=key)
+                except KafkaError as exc:  # no metadata or buffer space within max_block_ms
+                    raise KafkaProduceError(
+                        f"sending to {self.topic} on {self.bootstrap} failed after {self.sent + i:,} "
+                        f"records: {exc!r}"
+                    ) from exc
+                future.add_errback(self._failed)
             self.sent += len(chunk)
 
     def _failed(self, exc: BaseException) -> None:
@@ -94,8 +154,12 @@ class KafkaWriter:
 
     def close(self) -> None:
         """Wait for every acknowledgement, then close; raises when records could not be delivered."""
-        self.producer.flush()
-        self.producer.close()
+        try:
+            self.producer.flush()
+        except KafkaError as exc:
+            self._failed(exc)
+        finally:
+            self.producer.close(timeout=self.connect_timeout_s)
         if self.failures:
             raise KafkaProduceError(
                 f"{self.failures} of {self.sent} records were not delivered to {self.topic}: {self.last_error!r}"
@@ -104,8 +168,11 @@ class KafkaWriter:
     def __enter__(self) -> KafkaWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # an error is on its way out: release the client without waiting on it
+            self.producer.close(timeout=0)
 
 
 def _restamp(values: Sequence[bytes]) -> list[bytes]:

@@ -21,6 +21,7 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pipeline.learners.base import StateBundle
@@ -64,8 +65,8 @@ class TrackedRunner:
         bundles[WORKER_BUNDLE] = StateBundle(meta=meta)
         return bundles
 
-    def load_state(self, bundles: dict[str, StateBundle]) -> None:
-        self.runner.load_state({k: v for k, v in bundles.items() if k != WORKER_BUNDLE})
+    def load_state(self, bundles: dict[str, StateBundle], cold: Sequence[str] = ()) -> None:
+        self.runner.load_state({k: v for k, v in bundles.items() if k != WORKER_BUNDLE}, cold=cold)
         own = bundles.get(WORKER_BUNDLE)
         parts = own.meta.get("partitions", {}) if own is not None else {}
         self.partitions = {k: {f: int(v.get(f, 0)) for f in _FIELDS} for k, v in parts.items()}

@@ -18,6 +18,7 @@ from pipeline.events.checks import (
     _mark_propensity_range,
     _mark_unknown_event_types,
 )
+from pipeline.events.columns import normalize_columns
 from pipeline.events.schema import (
     BAD_TIMESTAMP,
     EVENT_SCHEMA,
@@ -29,6 +30,7 @@ from pipeline.events.schema import (
     EventBatch,
     EventRules,
 )
+from pipeline.events.time_units import to_milliseconds
 
 
 def _numpy(col: pa.Array, type_: pa.DataType, fill) -> np.ndarray:
@@ -85,7 +87,10 @@ def _arrow_number(batch, name, inv, required: bool) -> tuple[np.ndarray, np.ndar
     return vals, present
 
 
-def _arrow_ts(batch, inv) -> np.ndarray:
+_PER_MS = {"s": 1 / 1000, "ms": 1, "us": 1000, "ns": 1_000_000}
+
+
+def _arrow_ts(batch, inv, unit: str) -> np.ndarray:
     n = batch.num_rows
     if "ts" not in batch.schema.names:
         inv.mark(np.ones(n, bool), MISSING_FIELD, "missing required field 'ts'")
@@ -93,14 +98,23 @@ def _arrow_ts(batch, inv) -> np.ndarray:
     col = batch.column("ts")
     if col.null_count:
         inv.mark(np.asarray(col.is_null()), MISSING_FIELD, "missing required field 'ts'")
-    if pa.types.is_timestamp(col.type):
-        out = _numpy(col.cast(pa.timestamp("ms", tz=col.type.tz)), pa.int64(), 0)
-    elif pa.types.is_integer(col.type):
-        out = _numpy(col, pa.int64(), 0)
-        inv.mark(out < 0, BAD_TIMESTAMP, lambda i: f"{_TS_DETAIL}; got negative {out[i]}")
+    if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+        # the stored integer is the UTC instant (for zone-less values: read as UTC); floor to ms
+        if pa.types.is_date32(col.type):
+            col, per_ms = col.cast(pa.date64()), 1
+        else:
+            per_ms = 1 if pa.types.is_date64(col.type) else _PER_MS[col.type.unit]
+        raw = _numpy(col.view(pa.int64()) if col.null_count == 0 else col.cast(pa.int64()), pa.int64(), 0)
+        out = raw * 1000 if per_ms < 1 else raw // per_ms
+        inv.mark(out < 0, BAD_TIMESTAMP, lambda i: f"{_TS_DETAIL}; got a time before 1970: {col[i]}")
+    elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        raw = _numpy(col, pa.int64() if pa.types.is_integer(col.type) else pa.float64(), 0)
+        out = to_milliseconds(raw, unit)
+        inv.mark(raw < 0, BAD_TIMESTAMP, lambda i: f"{_TS_DETAIL}; got negative {raw[i].item()}")
+        inv.mark(out < 0, BAD_TIMESTAMP, lambda i: f"{_TS_DETAIL}; {raw[i].item()} ({unit}) is out of range")
     elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         objs = [{"ts": v} for v in col.to_pylist()]
-        return _check_ts(objs, inv)
+        return _check_ts(objs, inv, unit)
     else:
         inv.mark(np.ones(n, bool), BAD_TIMESTAMP, f"{_TS_DETAIL}; got column type {col.type}")
         return np.zeros(n, np.int64)
@@ -128,6 +142,11 @@ def _struct_to_maps(col: pa.StructArray, n: int, inv: _Invalid) -> tuple[pa.MapA
         child = col.field(i)
         if col.null_count:
             child = pc.if_else(col.is_valid(), child, pa.nulls(n, child.type))
+        if pa.types.is_dictionary(f.type):
+            child = child.dictionary_decode()
+            f = pa.field(f.name, child.type)
+        if pa.types.is_boolean(f.type):
+            child, f = pc.if_else(child, "true", "false"), pa.field(f.name, pa.string())
         if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
             cat_children.append((f.name, _as_string(child)))
         elif pa.types.is_integer(f.type) or pa.types.is_floating(f.type):
@@ -227,14 +246,16 @@ def _as_feature_dict(v):
 def decode_arrow(batch: pa.RecordBatch, rules: EventRules) -> tuple[EventBatch, list[DeadLetter]]:
     """Decode and validate a columnar batch (Parquet/CSV rows) with vectorised checks.
 
-    Columns are matched by name; extra columns are ignored. ``features`` may be a struct column
-    (one child per feature, as Parquet written from JSON has), a map column, or JSON text.
+    Columns are matched by name and cast at the boundary (:mod:`pipeline.events.columns`: integer
+    and dictionary ids, boolean labels, every other column a feature); ``features`` may be a struct
+    column (one child per feature, as Parquet written from JSON has), a map column, or JSON text.
     Dead letters carry the offending row as JSON in ``value``.
     """
+    batch = normalize_columns(batch)
     n = batch.num_rows
     inv = _Invalid(n)
     event_id = _arrow_required_str(batch, "event_id", inv)
-    ts = _arrow_ts(batch, inv)
+    ts = _arrow_ts(batch, inv, rules.ts_unit)
     user_id = _arrow_required_str(batch, "user_id", inv)
     item_id = _arrow_required_str(batch, "item_id", inv)
     label, _ = _arrow_number(batch, "label", inv, required=True)

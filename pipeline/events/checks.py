@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 import orjson
@@ -25,6 +25,7 @@ from pipeline.events.schema import (
     WRONG_TYPE,
     EventRules,
 )
+from pipeline.events.time_units import to_milliseconds
 
 
 class _Invalid:
@@ -109,17 +110,28 @@ def _describe(x) -> str:
 
 
 def _check_required_str(objs, name, inv) -> list:
-    col = [o.get(name) if type(o) is dict else None for o in objs]
+    """An id field: a string, or an integer written in decimal (as the Arrow path casts them)."""
+    col = _ids_as_text([o.get(name) if type(o) is dict else None for o in objs])
     kinds = [type(x) for x in col]
     missing = np.array([k is _NONE for k in kinds], dtype=bool)
     inv.mark(missing, MISSING_FIELD, f"missing required field {name!r}")
     wrong = np.array([k is not str and k is not _NONE for k in kinds], dtype=bool)
-    inv.mark(wrong, WRONG_TYPE, lambda i: f"field {name!r} must be a string, got {_describe(col[i])}")
+    inv.mark(
+        wrong, WRONG_TYPE, lambda i: f"field {name!r} must be a string or an integer, got {_describe(col[i])}"
+    )
     return col
 
 
-def _check_number(objs, name, inv, required: bool) -> tuple[np.ndarray, np.ndarray]:
+def _ids_as_text(col: list) -> list:
+    if any(type(x) is int for x in col):
+        return [str(x) if type(x) is int else x for x in col]
+    return col
+
+
+def _check_number(objs, name, inv, required: bool, booleans: bool = False) -> tuple[np.ndarray, np.ndarray]:
     col = [o.get(name) if type(o) is dict else None for o in objs]
+    if booleans and any(type(x) is bool for x in col):
+        col = [float(x) if type(x) is bool else x for x in col]
     kinds = [type(x) for x in col]
     present = np.array([k is not _NONE for k in kinds], dtype=bool)
     if required:
@@ -139,19 +151,20 @@ def _check_number(objs, name, inv, required: bool) -> tuple[np.ndarray, np.ndarr
 
 
 def _parse_rfc3339(s: str) -> int | None:
+    """Milliseconds since the epoch of an RFC 3339 time; one without an offset is read as UTC."""
     try:
         dt = datetime.fromisoformat(s)
     except ValueError:
         return None
     if dt.tzinfo is None:
-        return None
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000.0 // 1) if dt.microsecond % 1000 == 0 else int(dt.timestamp() * 1000)
 
 
-_TS_DETAIL = "field 'ts' must be an integer of milliseconds since the epoch or an RFC 3339 string with offset"
+_TS_DETAIL = "field 'ts' must be a number of events.ts_unit since the epoch or an RFC 3339 string"
 
 
-def _check_ts(objs, inv) -> np.ndarray:
+def _check_ts(objs, inv, unit: str = "ms") -> np.ndarray:
     col = [o.get("ts") if type(o) is dict else None for o in objs]
     inv.mark(_field_mask(col, lambda x: x is None), MISSING_FIELD, "missing required field 'ts'")
     out = np.zeros(len(col), dtype=np.int64)
@@ -166,11 +179,25 @@ def _check_ts(objs, inv) -> np.ndarray:
             inv.mark(np.array(big), BAD_TIMESTAMP, lambda i: f"{_TS_DETAIL}; {col[i]} is out of range")
             out[:] = np.array([0 if b else v for v, b in zip(ints, big)], dtype=np.int64)
         inv.mark(is_int & (out < 0), BAD_TIMESTAMP, lambda i: f"{_TS_DETAIL}; got negative {col[i]}")
+        if unit != "ms":
+            scaled = to_milliseconds(out, unit)
+            inv.mark(
+                is_int & (scaled < 0) & (out >= 0),
+                BAD_TIMESTAMP,
+                lambda i: f"{_TS_DETAIL}; {col[i]} is out of range",
+            )
+            out = np.where(is_int, scaled, out)
     for i, (x, k) in enumerate(zip(col, kinds)):
         if k is str:
             ms = _parse_rfc3339(x)
             if ms is None:
                 inv.mark(_one(len(col), i), BAD_TIMESTAMP, f"{_TS_DETAIL}; got {x[:64]!r}")
+            else:
+                out[i] = ms
+        elif k is float:
+            ms = int(to_milliseconds(np.array([x]), unit)[0])
+            if ms < 0:
+                inv.mark(_one(len(col), i), BAD_TIMESTAMP, f"{_TS_DETAIL}; got {x!r}")
             else:
                 out[i] = ms
         elif k is not int and x is not None:
@@ -184,10 +211,13 @@ def _one(n: int, i: int) -> np.ndarray:
     return m
 
 
-def _check_optional_str(objs, name, inv) -> list:
+def _check_optional_str(objs, name, inv, integers: bool = False) -> list:
     col = [o.get(name) if type(o) is dict else None for o in objs]
+    if integers:
+        col = _ids_as_text(col)
     wrong = np.array([x is not None and type(x) is not str for x in col], dtype=bool)
-    inv.mark(wrong, WRONG_TYPE, lambda i: f"field {name!r} must be a string, got {_describe(col[i])}")
+    what = "a string or an integer" if integers else "a string"
+    inv.mark(wrong, WRONG_TYPE, lambda i: f"field {name!r} must be {what}, got {_describe(col[i])}")
     return col
 
 
@@ -230,6 +260,9 @@ def _split_features(f: dict, cat_k, cat_v, num_k, num_v) -> tuple[str, str] | No
             cat_v.append(v)
         elif v is None:
             continue  # a null feature is an absent feature (as in Parquet/CSV)
+        elif t is bool:
+            cat_k.append(k)
+            cat_v.append("true" if v else "false")
         elif t is int or t is float:
             fv = float(v)
             if not math.isfinite(fv):

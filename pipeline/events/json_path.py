@@ -62,10 +62,10 @@ def decode_json(values: Sequence[bytes], rules: EventRules) -> tuple[EventBatch,
     inv.mark(not_obj, NOT_AN_OBJECT, lambda i: f"record must be a JSON object, got {_describe(objs[i])}")
     cols: dict[str, object] = {}
     cols["event_id"] = _check_required_str(objs, "event_id", inv)
-    cols["ts"] = _check_ts(objs, inv)
+    cols["ts"] = _check_ts(objs, inv, rules.ts_unit)
     cols["user_id"] = _check_required_str(objs, "user_id", inv)
     cols["item_id"] = _check_required_str(objs, "item_id", inv)
-    label, _ = _check_number(objs, "label", inv, required=True)
+    label, _ = _check_number(objs, "label", inv, required=True, booleans=True)
     cols["label"] = label
     etype = _check_optional_str(objs, "event_type", inv)
     if rules.event_types:
@@ -76,7 +76,7 @@ def decode_json(values: Sequence[bytes], rules: EventRules) -> tuple[EventBatch,
     position, has_pos = _check_position(objs, inv)
     propensity, has_prop = _check_number(objs, "propensity", inv, required=False)
     _mark_propensity_range(inv, propensity, has_prop)
-    cols["request_id"] = _check_optional_str(objs, "request_id", inv)
+    cols["request_id"] = _check_optional_str(objs, "request_id", inv, integers=True)
     cat, num = _check_features(objs, inv, rules)
 
     keep = np.flatnonzero(~inv.bad)

@@ -57,11 +57,20 @@ class EventRules:
         Allowed ``event_type`` values; an empty tuple allows any string.
     max_features
         Most entries allowed in one event's ``features`` object.
+    ts_unit
+        Unit of numeric ``ts`` values: ``ms`` (default), ``s`` or ``us``
+        (:mod:`pipeline.events.time_units`).
     """
 
     max_record_bytes: int = 65536
     event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
     max_features: int = 256
+    ts_unit: str = "ms"
+
+    @classmethod
+    def from_config(cls, events) -> EventRules:
+        """The rules of a configuration's ``[events]`` section."""
+        return cls(events.max_record_bytes, tuple(events.event_types), events.max_features, events.ts_unit)
 
 
 @dataclass(frozen=True)

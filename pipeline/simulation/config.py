@@ -162,6 +162,10 @@ class SimConfig:
         ``max_lateness_ms`` earlier than its predecessors (out of order).
     drifts
         The schedule (see :class:`Drift`); preference drifts must not overlap a gradual one.
+    run_id
+        Prefix of every ``event_id`` and ``request_id`` (``"<run_id>-e<n>"``), so that two runs
+        into one topic do not repeat each other's ids; empty: ``"e<n>"``. ``streamlearn simulate``
+        draws a fresh one per run unless given ``--run-id``.
     """
 
     seed: int = 0
@@ -184,6 +188,7 @@ class SimConfig:
     late_fraction: float = 0.0
     max_lateness_ms: int = 60_000
     drifts: tuple[Drift, ...] = field(default_factory=tuple)
+    run_id: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "drifts", tuple(sorted(self.drifts, key=lambda d: d.at_event)))

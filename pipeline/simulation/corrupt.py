@@ -43,7 +43,7 @@ def _corrupt(row: dict, kind: str, rng: np.random.Generator) -> dict:
     elif kind == "negative_position":
         row["position"] = -1
     elif kind == "wrong_type":
-        row["user_id"] = 12345
+        row["user_id"] = 12.5  # a float id: no rule accepts it (integers are ids)
     elif kind == "bad_timestamp":
         row["ts"] = "yesterday"
     return row

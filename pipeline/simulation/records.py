@@ -80,8 +80,9 @@ def build_batch(
         ],
         fields=list(FEATURES_TYPE),
     )
+    run = f"{world.config.run_id}-" if world.config.run_id else ""
     arrays = [
-        _join("e", (ctx.t[:, None] + np.arange(k)).ravel()),
+        _join(run + "e", (ctx.t[:, None] + np.arange(k)).ravel()),
         pa.array(rep(ctx.ts), pa.int64()),
         world.user_ids(rep(ctx.user)),
         world.item_ids(flat),
@@ -91,7 +92,7 @@ def build_batch(
         pa.nulls(n * k, pa.float64())
         if propensities is None
         else pa.array(propensities.ravel(), pa.float64()),
-        _join("r", rep(ctx.request)),
+        _join(run + "r", rep(ctx.request)),
         features,
     ]
     schema = SIM_SCHEMA
