@@ -83,8 +83,12 @@ class PartitionedSource(Protocol):
 
     Rebalance callbacks (assigned, revoked, lost partitions) are given to the source when it is built
     (:func:`consumers.kafka.make_source`) and run while the worker is inside :meth:`poll_partitions`.
-    Broker failures raise the client's errors (for Kafka, :data:`consumers.kafka.BROKER_ERRORS`).
+    Broker failures raise the client's errors (for Kafka, :data:`consumers.kafka.BROKER_ERRORS`),
+    except in :meth:`poll_partitions`, which returns nothing and sets :attr:`poll_error`.
     """
+
+    #: why the last poll returned nothing because the cluster did not answer; None after a clean poll
+    poll_error: str | None
 
     def connect(self) -> object:
         """Reach the cluster without joining the group (committed offsets can be read after it)."""

@@ -538,3 +538,48 @@ def test_poll_across_broker_restart_resumes_without_loss_or_repeat(
     assert _counters(first + second) == list(range(8))
     assert src.positions() == {f"{topic}:0": 8}
     assert src.connected()
+
+
+def test_every_source_call_under_a_stopped_broker_behaves_as_documented(
+    kafka_broker, topic_factory, source_factory
+):
+    topic = topic_factory()
+    key = f"{topic}:0"
+    with kafka_broker.producer() as prod:
+        _produce(prod, topic, {0: 5})
+    src = source_factory(topic)
+    assert _counters(_drain(src, 5)) == list(range(5))
+
+    kafka_broker.stop()
+    try:
+        for _ in range(5):  # the broker is away: no records, no exception
+            assert src.poll_partitions(200) == []
+        # calls that need no broker answer as usual
+        assert src.seek({key: 2}) == [key]
+        assert src.pause([key]) == [key] and src.paused() == [key]
+        assert src.resume([key]) == [key] and src.paused() == []
+        assert src.owned() == [key] and src.positions() == {key: 2}
+        assert src.caught_up(key) in (True, False)
+        # calls that need an answer raise the documented error, naming the call, in bounded time
+        calls = {
+            "committing offsets": lambda: src.commit({key: 5}, timeout_ms=2000),
+            "reading end offsets": lambda: src.end_offsets([key], timeout_ms=2000),
+            "reading committed offsets": lambda: src.committed_offsets([key], timeout_ms=2000),
+            "reading the lag": lambda: src.lag(timeout_ms=2000),
+        }
+        for what, call in calls.items():
+            started = time.monotonic()
+            with pytest.raises(KafkaUnavailableError, match=f"^{what} failed: no answer from"):
+                call()
+            assert time.monotonic() - started < 10, what
+        wait_for_condition = time.monotonic() + 10
+        while src.connected() and time.monotonic() < wait_for_condition:
+            src.poll_partitions(100)
+        assert not src.connected()
+    finally:
+        kafka_broker.start()
+
+    # back: reading resumes at the sought position
+    again = _drain(src, 3, deadline_s=30)
+    assert _counters(again) == [2, 3, 4]
+    assert src.poll_error is None

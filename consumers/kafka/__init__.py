@@ -6,7 +6,8 @@ listener), :mod:`~consumers.kafka.internals` (the reads of kafka-python's privat
 :mod:`~consumers.kafka.dead_letter` (the dead-letter topic), :mod:`~consumers.kafka.producer`
 (``streamlearn produce``, ``simulate --to-kafka``), :mod:`~consumers.kafka.settings` (the
 ``[kafka.client]`` table per client), :mod:`~consumers.kafka.wiring` (the worker's clients from the
-configuration) and :mod:`~consumers.kafka.errors` (:data:`BROKER_ERRORS`, :data:`UNAVAILABLE_ERRORS`).
+configuration), :mod:`~consumers.kafka.probe` (:class:`BrokerProbe`, readiness off the consume loop)
+and :mod:`~consumers.kafka.errors` (:data:`BROKER_ERRORS`, :data:`UNAVAILABLE_ERRORS`).
 """
 
 from consumers.kafka.dead_letter import ADMIN_KEYS, DeadLetterError, KafkaDeadLetterSink, dead_letter_headers
@@ -17,6 +18,7 @@ from consumers.kafka.errors import (
     KafkaUnavailableError,
     retry_call,
 )
+from consumers.kafka.probe import BrokerProbe
 from consumers.kafka.producer import KafkaProduceError, KafkaWriter, ensure_topic
 from consumers.kafka.records import parse_key, partition_key, records_from_consumer
 from consumers.kafka.settings import consumer_settings, producer_settings
@@ -27,6 +29,7 @@ __all__ = [
     "ADMIN_KEYS",
     "BROKER_ERRORS",
     "UNAVAILABLE_ERRORS",
+    "BrokerProbe",
     "DeadLetterError",
     "KafkaDeadLetterSink",
     "KafkaProduceError",

@@ -4,12 +4,20 @@ Each dead letter is produced with its original bytes as the value and these head
 ``reason``, ``detail``, ``origin_topic``, ``origin_partition``, ``origin_offset`` (Kafka origins) or
 ``origin`` (any other origin, as JSON). A record is never dropped: sends are retried with backoff and,
 when the retries are spent, :meth:`KafkaDeadLetterSink.write` raises
-:class:`~consumers.sources.DeadLetterError` so that the worker stops consuming instead of moving its
+:class:`~consumers.sources.DeadLetterError` so that the worker pauses consuming instead of moving its
 offsets past a record it could not park.
+
+**No record is too large to park.** A dead letter never exceeds ``max_message_bytes`` (the producer's
+``max_request_size`` and the ``max.message.bytes`` of the topics the sink creates are set to it; the
+defaults match the broker's, 1 MiB). A larger one is written truncated: as much of the payload as
+fits, and the headers ``truncated=true``, ``original_size`` (bytes) and ``sha256`` (hex digest of the
+whole payload), beside the reason and origin. When an existing topic allows less, the sink reads its
+``max.message.bytes`` (or, failing that, halves its limit) and truncates to fit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 import orjson
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka import errors as kafka_errors
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from consumers.backoff import Backoff
 from consumers.kafka.errors import UNAVAILABLE_ERRORS
@@ -24,7 +33,7 @@ from consumers.sources import DeadLetterError
 from pipeline.errors import ConfigError
 from pipeline.events import DeadLetter
 
-__all__ = ["ADMIN_KEYS", "DeadLetterError", "KafkaDeadLetterSink", "dead_letter_headers"]
+__all__ = ["ADMIN_KEYS", "DeadLetterError", "KafkaDeadLetterSink", "dead_letter_headers", "fit_dead_letter"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,46 @@ def dead_letter_headers(dead: DeadLetter) -> list[tuple[str, bytes]]:
     return headers
 
 
+#: bytes of a message's limit kept for the record batch framing and the varint lengths of a record
+FRAME_BYTES = 1024
+#: the ``detail`` header of a truncated dead letter is cut to this many bytes
+DETAIL_BYTES = 2048
+#: the smallest limit the sink shrinks to when a topic refuses a dead letter as too large
+MIN_MESSAGE_BYTES = 4096
+
+
+def _size(value: bytes, headers: Sequence[tuple[str, bytes]]) -> int:
+    return len(value) + sum(len(k) + len(v) for k, v in headers) + FRAME_BYTES
+
+
+def fit_dead_letter(dead: DeadLetter, limit: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The value and headers of ``dead`` as one message of at most ``limit`` bytes.
+
+    A dead letter that fits is returned whole; a larger one keeps the head of its payload and gets
+    the headers ``truncated``, ``original_size`` and ``sha256`` (of the whole payload).
+
+    >>> value, headers = fit_dead_letter(DeadLetter(0, "oversized", "", b"x" * 10_000), 4096)
+    >>> len(value) < 4096, dict(headers)["original_size"], dict(headers)["truncated"]
+    (True, b'10000', b'true')
+    >>> fit_dead_letter(DeadLetter(0, "oversized", "", b"{}"), 4096)[0]
+    b'{}'
+    """
+    value = dead.value or b""
+    headers = dead_letter_headers(dead)
+    if _size(value, headers) <= limit:
+        return value, headers
+    headers = [
+        (k, v[:DETAIL_BYTES].decode("utf-8", "ignore").encode()) if k == "detail" else (k, v)
+        for k, v in headers
+    ]
+    headers += [
+        ("truncated", b"true"),
+        ("original_size", str(len(value)).encode()),
+        ("sha256", hashlib.sha256(value).hexdigest().encode()),
+    ]
+    return value[: max(0, limit - _size(b"", headers))], headers
+
+
 class KafkaDeadLetterSink:
     """Produces dead letters to a topic per source topic (``<topic><topic_suffix>``) or to one ``topic``.
 
@@ -64,6 +113,10 @@ class KafkaDeadLetterSink:
         since brokers often run with automatic topic creation off.
     send_timeout_s
         How long one attempt waits for the broker's acknowledgements.
+    max_message_bytes
+        The largest dead letter written (value and headers); larger ones are truncated
+        (:func:`fit_dead_letter`). The producer's ``max_request_size`` and the ``max.message.bytes``
+        of created topics are set to it.
     **client_kwargs
         Extra kafka-python ``KafkaProducer`` settings (SASL/SSL, …), passed through unchanged; the admin
         client used by ``create_missing`` gets the security settings among them.
@@ -79,6 +132,7 @@ class KafkaDeadLetterSink:
         backoff: Backoff | None = None,
         create_missing: bool = True,
         send_timeout_s: float = 10.0,
+        max_message_bytes: int = 1_048_576,
         **client_kwargs,
     ):
         if topic is None and not topic_suffix:
@@ -87,13 +141,21 @@ class KafkaDeadLetterSink:
             raise ConfigError(f"attempts must be >= 1, got {attempts}")
         if send_timeout_s <= 0:
             raise ConfigError(f"send_timeout_s must be > 0, got {send_timeout_s}")
+        if max_message_bytes < MIN_MESSAGE_BYTES:
+            raise ConfigError(f"max_message_bytes must be >= {MIN_MESSAGE_BYTES}, got {max_message_bytes}")
         self.bootstrap_servers, self.topic, self.topic_suffix = bootstrap_servers, topic, topic_suffix
         self.attempts, self.backoff = attempts, backoff or Backoff()
         self.create_missing, self.send_timeout_s = create_missing, send_timeout_s
         self.client_kwargs = client_kwargs
+        # a smaller max_request_size among the client settings caps the messages too
+        self.max_message_bytes = min(
+            max_message_bytes, int(client_kwargs.get("max_request_size", max_message_bytes))
+        )
         self._producer: KafkaProducer | None = None
         self._known_topics: set[str] = set()
+        self._limits: dict[str, int] = {}  # topics that allow less than max_message_bytes
         self.written = 0
+        self.truncated = 0
 
     def topic_for(self, source_topic: str | None) -> str:
         """The dead-letter topic for records of ``source_topic``."""
@@ -139,27 +201,34 @@ class KafkaDeadLetterSink:
     def _topic_of(self, dead: DeadLetter, source_topic: str | None) -> str:
         return self.topic_for(source_topic or (dead.origin or {}).get("topic"))
 
+    def limit_for(self, topic: str) -> int:
+        """The largest message the sink writes to ``topic``."""
+        return self._limits.get(topic, self.max_message_bytes)
+
     def _send_all(self, letters: list[DeadLetter], source_topic: str | None) -> list[DeadLetter]:
         """One attempt; returns the letters that failed."""
+        sent: list[tuple[DeadLetter, str, object]] = []
         try:
             producer = self._ensure_producer()
             for topic in {self._topic_of(d, source_topic) for d in letters} - self._known_topics:
                 self._ensure_topic(topic)
-            futures = [
-                producer.send(
-                    self._topic_of(d, source_topic), value=d.value or b"", headers=dead_letter_headers(d)
-                )
-                for d in letters
-            ]
+            for d in letters:
+                topic = self._topic_of(d, source_topic)
+                sent.append((d, topic, self._send_one(producer, d, topic)))
             producer.flush(timeout=self.send_timeout_s)
         except (*UNAVAILABLE_ERRORS, DeadLetterError) as exc:
             log.warning("dead-letter send failed: %r", exc)
             self._discard_producer()
             return letters
         failed = []
-        for d, fut in zip(letters, futures):
+        for d, topic, fut in sent:
             try:
+                if isinstance(fut, BaseException):
+                    raise fut
                 fut.get(timeout=self.send_timeout_s)
+            except kafka_errors.MessageSizeTooLargeError as exc:
+                self._shrink(topic, exc)
+                failed.append(d)
             except kafka_errors.KafkaError as exc:
                 log.warning("dead letter %s not acknowledged: %r", d.origin, exc)
                 failed.append(d)
@@ -168,6 +237,38 @@ class KafkaDeadLetterSink:
             # for the topic): the next attempt gets a fresh one, so a fixed topic is picked up
             self._discard_producer()
         return failed
+
+    def _send_one(self, producer: KafkaProducer, dead: DeadLetter, topic: str):
+        """A future for one dead letter, or the error that kept it from being sent."""
+        value, headers = fit_dead_letter(dead, self.limit_for(topic))
+        if len(value) < len(dead.value or b""):
+            self.truncated += 1
+            log.warning(
+                "dead letter %s (%d bytes) truncated to %d bytes to fit %s",
+                dead.origin,
+                len(dead.value or b""),
+                len(value),
+                topic,
+            )
+        try:
+            return producer.send(topic, value=value, headers=headers)
+        except kafka_errors.KafkaError as exc:  # refused before sending (too large, topic unknown, …)
+            if isinstance(exc, UNAVAILABLE_ERRORS):
+                raise
+            return exc
+
+    def _shrink(self, topic: str, exc: BaseException) -> None:
+        """``topic`` refused a dead letter as too large: fit its own limit from now on."""
+        current = self.limit_for(topic)
+        allowed = _topic_max_message_bytes(self.bootstrap_servers, topic, self.client_kwargs)
+        smaller = allowed if allowed is not None and allowed < current else current // 2
+        self._limits[topic] = max(MIN_MESSAGE_BYTES, smaller)
+        log.warning(
+            "%s refused a dead letter as too large (%r): writing at most %d bytes to it",
+            topic,
+            exc,
+            self._limits[topic],
+        )
 
     def _discard_producer(self) -> None:
         producer, self._producer = self._producer, None
@@ -185,6 +286,7 @@ class KafkaDeadLetterSink:
                 "linger_ms": 5,
                 "max_block_ms": int(self.send_timeout_s * 1000),
                 "client_id": "streamlearn-dlq",
+                "max_request_size": self.max_message_bytes,
             }
             # no retries here: write() retries the whole attempt, connecting included
             self._producer = KafkaProducer(**{**settings, **self.client_kwargs})
@@ -192,7 +294,10 @@ class KafkaDeadLetterSink:
 
     def _ensure_topic(self, topic: str) -> None:
         if self.create_missing:
-            _create_topic(self.bootstrap_servers, topic, self.client_kwargs)
+            _create_topic(self.bootstrap_servers, topic, self.client_kwargs, self.max_message_bytes)
+        allowed = _topic_max_message_bytes(self.bootstrap_servers, topic, self.client_kwargs)
+        if allowed is not None and allowed < self.max_message_bytes:
+            self._limits[topic] = max(MIN_MESSAGE_BYTES, allowed)
         self._known_topics.add(topic)
 
     # ------------------------------------------------------------------ lifecycle
@@ -240,8 +345,10 @@ def _create_topic(
     bootstrap_servers,
     topic: str,
     client_kwargs: Mapping[str, object],
+    max_message_bytes: int = 1_048_576,
     admin_factory: Callable[..., KafkaAdminClient] = KafkaAdminClient,
 ) -> None:
+    """Create ``topic`` (broker defaults but for ``max.message.bytes``) unless it exists."""
     security = {k: v for k, v in client_kwargs.items() if k in ADMIN_KEYS}
     try:
         admin = admin_factory(bootstrap_servers=bootstrap_servers, **security)
@@ -250,7 +357,9 @@ def _create_topic(
             f"cannot reach {bootstrap_servers} to create dead-letter topic {topic!r}: {exc!r}"
         ) from exc
     try:
-        admin.create_topics({topic: {}}, timeout_ms=10000)
+        admin.create_topics(
+            {topic: {"configs": {"max.message.bytes": str(max_message_bytes)}}}, timeout_ms=10000
+        )
         if hasattr(admin, "wait_for_topics"):
             admin.wait_for_topics([topic], timeout_ms=10000)
     except kafka_errors.TopicAlreadyExistsError:
@@ -259,3 +368,42 @@ def _create_topic(
         raise DeadLetterError(f"cannot create dead-letter topic {topic!r}: {exc!r}") from exc
     finally:
         admin.close()
+
+
+def _topic_max_message_bytes(
+    bootstrap_servers, topic: str, client_kwargs: Mapping[str, object]
+) -> int | None:
+    """The topic's ``max.message.bytes`` (its own or the broker's default), None when it cannot be read."""
+    security = {k: v for k, v in client_kwargs.items() if k in ADMIN_KEYS}
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, **security)
+    except kafka_errors.KafkaError as exc:
+        log.debug("cannot read the limits of %s: %r", topic, exc)
+        return None
+    try:
+        found = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, ["max.message.bytes"])], config_filter="all"
+        )
+        return _find_value(found, "max.message.bytes")
+    except (kafka_errors.KafkaError, ValueError, TypeError) as exc:
+        log.debug("cannot read the limits of %s: %r", topic, exc)
+        return None
+    finally:
+        admin.close()
+
+
+def _find_value(found, key: str) -> int | None:
+    """``key``'s value anywhere in a ``describe_configs`` answer (its shape differs across versions)."""
+    if isinstance(found, Mapping):
+        if key in found:
+            entry = found[key]
+            value = entry.get("value", entry.get("config_value")) if isinstance(entry, Mapping) else entry
+            return int(value) if value is not None else None
+        for inner in found.values():
+            if (value := _find_value(inner, key)) is not None:
+                return value
+    elif isinstance(found, (list, tuple)):
+        for inner in found:
+            if (value := _find_value(inner, key)) is not None:
+                return value
+    return None

@@ -8,6 +8,17 @@ runner as :class:`pipeline.runner.RawBatch`. The snapshot's positions are the tr
 the worker seeks to them, on revocation it snapshots and commits, and Kafka's committed offsets are written after each snapshot
 (``consumers/worker`` explains the protocol; commits may carry metadata naming the snapshot).
 
+**Broker errors.** With the broker away, :meth:`KafkaSource.poll_partitions` returns ``[]`` and says
+why in :attr:`KafkaSource.poll_error` (kafka-python can raise out of a poll while it looks for the
+group coordinator); :meth:`~KafkaSource.seek`, :meth:`~KafkaSource.pause`, :meth:`~KafkaSource.resume`
+and :meth:`~KafkaSource.caught_up` need no broker and never raise for its absence; the calls that need
+an answer (:meth:`~KafkaSource.commit`, :meth:`~KafkaSource.committed`,
+:meth:`~KafkaSource.committed_offsets`, :meth:`~KafkaSource.end_offsets`, :meth:`~KafkaSource.lag`,
+:meth:`~KafkaSource.connect`, :meth:`~KafkaSource.subscribe`) raise
+:class:`~consumers.kafka.errors.KafkaUnavailableError` naming the call, and kafka-python's other
+errors (``CommitFailedError`` after a rebalance, …) unchanged. All of them are in
+:data:`~consumers.kafka.errors.BROKER_ERRORS`.
+
 Positions are keyed ``"topic:partition"`` (topic names cannot contain ``:``) and hold the *next*
 offset to read, as Kafka's committed offsets do. The rebalance listener is in
 :mod:`consumers.kafka.rebalance`, the reads of kafka-python's private state in
@@ -16,6 +27,7 @@ offset to read, as Kafka's committed offsets do. The rebalance listener is in
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
@@ -23,7 +35,7 @@ from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka import errors as kafka_errors
 
 from consumers.backoff import Backoff
-from consumers.kafka.errors import UNAVAILABLE_ERRORS, retry_call
+from consumers.kafka.errors import UNAVAILABLE_ERRORS, KafkaUnavailableError, retry_call
 from consumers.kafka.internals import cluster_connected, fetch_committed, nudge_rejoin
 from consumers.kafka.rebalance import make_listener
 from consumers.kafka.records import parse_key, partition_key, records_from_consumer
@@ -35,6 +47,24 @@ __all__ = ["KafkaSource", "PartitionsCallback"]
 log = logging.getLogger(__name__)
 
 PartitionsCallback = Callable[[list[str]], None]
+
+
+def _needs_broker(what: str):
+    """Turn "the broker is away" errors of a call into :class:`KafkaUnavailableError` naming it."""
+
+    def wrap(method):
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except UNAVAILABLE_ERRORS as exc:
+                raise KafkaUnavailableError(
+                    f"{what} failed: no answer from {self.bootstrap_servers} ({exc!r})"
+                ) from exc
+
+        return call
+
+    return wrap
 
 
 class KafkaSource:
@@ -108,6 +138,8 @@ class KafkaSource:
         self._handed_back: dict[TopicPartition, int] = {}
         self._awaiting_assignment = False
         self._subscribed = False
+        #: why the last poll returned nothing (the broker is away), None after a poll that worked
+        self.poll_error: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -132,6 +164,7 @@ class KafkaSource:
             self._subscribed = False
         return self
 
+    @_needs_broker("joining the group")
     def subscribe(self) -> KafkaSource:
         """Join the group on :attr:`topics` with the rebalance callbacks; idempotent."""
         self.connect()
@@ -206,11 +239,20 @@ class KafkaSource:
     def poll_partitions(
         self, timeout_ms: int | None = None, max_records: int | None = None
     ) -> list[PartitionRecords]:
-        """The next records, one :class:`PartitionRecords` per partition that had any (none: ``[]``)."""
+        """The next records, one :class:`PartitionRecords` per partition that had any (none: ``[]``).
+
+        With the broker away this is ``[]`` and :attr:`poll_error` says why.
+        """
         timeout = self.poll_timeout_ms if timeout_ms is None else timeout_ms
         if self._awaiting_assignment:  # kafka-python 3.0 can finish a rejoin without applying it
             nudge_rejoin(self._consumer)
-        records = self.consumer.poll(timeout_ms=timeout, max_records=max_records or self.max_records)
+        try:
+            records = self.consumer.poll(timeout_ms=timeout, max_records=max_records or self.max_records)
+        except UNAVAILABLE_ERRORS as exc:  # e.g. KafkaConnectionError while finding the coordinator
+            self.poll_error = f"poll failed: no answer from {self.bootstrap_servers} ({exc!r})"
+            log.debug("%s", self.poll_error)
+            return []
+        self.poll_error = None
         parts = [records_from_consumer(tp, recs) for tp, recs in records.items() if recs]
         for part in parts:
             self._positions[parse_key(part.key)] = int(part.offsets[-1]) + 1
@@ -246,6 +288,7 @@ class KafkaSource:
                 self._positions[tp] = offset
         return sorted(partition_key(tp) for tp in wanted if tp in assigned)
 
+    @_needs_broker("committing offsets")
     def commit(
         self,
         positions: Mapping[str, int] | None = None,
@@ -269,6 +312,7 @@ class KafkaSource:
                 self.consumer.commit(offsets, timeout_ms=timeout_ms)
         return positions
 
+    @_needs_broker("reading committed offsets")
     def committed(self) -> dict[str, int]:
         """The group's committed offsets for the assigned partitions (absent where none)."""
         out = {}
@@ -278,6 +322,7 @@ class KafkaSource:
                 out[partition_key(tp)] = off
         return dict(sorted(out.items()))
 
+    @_needs_broker("reading committed offsets")
     def committed_offsets(self, keys: Iterable[str], timeout_ms: int = 10000) -> dict[str, tuple[int, str]]:
         """``{key: (offset, metadata)}`` committed by the group for any partitions (absent where none).
 
@@ -292,6 +337,7 @@ class KafkaSource:
                 out[partition_key(tp)] = (int(om.offset), om.metadata or "")
         return dict(sorted(out.items()))
 
+    @_needs_broker("reading end offsets")
     def end_offsets(self, keys: Iterable[str], timeout_ms: int = 5000) -> dict[str, int]:
         """The end (next offset to be written) of each partition in ``keys``."""
         tps = [parse_key(k) for k in keys]
@@ -332,6 +378,7 @@ class KafkaSource:
                 self._positions.pop(tp, None)
         return sorted(partition_key(tp) for tp in tps)
 
+    @_needs_broker("reading the lag")
     def lag(self, timeout_ms: int = 5000) -> dict[str, int]:
         """Records behind the end of each assigned partition (``end offset - position``), for the lag gauge."""
         assigned = sorted(self.consumer.assignment())

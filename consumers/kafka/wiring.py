@@ -32,6 +32,7 @@ def make_source(
     """The group consumer; the worker retries connecting itself, so one attempt per call."""
     client = consumer_settings(config.kafka.client)
     reset = str(client.pop("auto_offset_reset", "earliest"))
+    client.setdefault("reconnect_backoff_max_ms", 1000)  # back within a second of the broker's return
     if "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG:  # kafka-python >= 3
         client.setdefault("bootstrap_timeout_ms", 5000)
     return KafkaSource(
@@ -61,5 +62,6 @@ def make_dead_letter_sink(config: Config, options: WorkerOptions) -> KafkaDeadLe
         attempts=options.dead_letter_attempts,
         backoff=Backoff(0.2, 2.0),
         send_timeout_s=options.dead_letter_timeout_s,
+        max_message_bytes=config.dead_letter.max_message_bytes,
         **producer,
     )

@@ -197,6 +197,10 @@ class CommitCoordinator:
         self._retry_at = 0.0
         return True
 
+    def retry_now(self) -> None:
+        """A commit waiting for its retry runs at the next :meth:`step` (the broker is back)."""
+        self._retry_at = 0.0
+
     def checkpoint(self) -> bool:
         """Snapshot now if anything was read since the last one, and commit: True when all is confirmed."""
         self.checkpointer.wait()

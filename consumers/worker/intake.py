@@ -92,6 +92,10 @@ class Intake:
         self._backoff.reset()
         return len(cuts)
 
+    def retry_now(self) -> None:
+        """Batches waiting for the dead-letter topic are retried at the next :meth:`apply`."""
+        self._retry_at = 0.0
+
     def position(self, key: str, offset: int | None) -> None:
         """Partition ``key`` was sought to ``offset`` (None: to the reset policy); forget its buffer."""
         self.drop([key])

@@ -16,7 +16,10 @@ batch in hand.
   after it) waits, all partitions are paused, ``/readyz`` says why, and the batch is retried with
   backoff — a record is never skipped and no position passes it.
 * **Broker away**: connecting and restoring retry with backoff forever (until a stop); polls return
-  nothing, commits fail and are retried, ``/readyz`` answers 503; the state stays in memory.
+  nothing, commits fail and are retried, ``/readyz`` answers 503; the state stays in memory. A
+  :class:`~consumers.kafka.BrokerProbe` on its own thread asks the cluster for its metadata twice a
+  second, so ``/readyz`` turns 503 within about a second of the broker's loss whatever the loop is
+  blocked on; when the broker answers again, waiting retries (poll, commit, dead letters) run at once.
 * **Backpressure**: processing is synchronous, so at most ``max_poll_records`` plus one partial
   block per partition wait in memory; a partition holding ``kafka.max_buffered_batches`` batches
   (while blocked on dead letters, say) is paused until drained.
@@ -41,6 +44,7 @@ import time
 from consumers.backoff import Backoff
 from consumers.kafka import (
     BROKER_ERRORS,
+    BrokerProbe,
     KafkaDeadLetterSink,
     consumer_settings,
     make_dead_letter_sink,
@@ -91,6 +95,10 @@ class Worker:
         self._observers = list(observers)
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # ends a retry wait early: stop, or the broker is back
+        self._ready_lock = threading.Lock()  # the loop and the broker probe both update readiness
+        self._in_loop = False
+        self.probe: BrokerProbe | None = None
         self._done = threading.Event()
         self._stop_reason: str | None = None
         self._stopping = False
@@ -120,6 +128,7 @@ class Worker:
             if self.options.hard_exit:
                 threading.Thread(target=self._watchdog, name="shutdown-watchdog", daemon=True).start()
         self._stop.set()
+        self._wake.set()
 
     def request_snapshot(self) -> None:
         """Snapshot and commit after the current batch (SIGUSR1)."""
@@ -169,6 +178,9 @@ class Worker:
         cfg = self.config
         self.server = open_ops_server(cfg, self.options, self.metrics)
         self._set_ready(False, "starting")
+        self.probe = BrokerProbe(
+            cfg.kafka.bootstrap_servers, cfg.kafka.client, on_change=self._on_broker_change
+        ).start()
         store, checkpointer = open_checkpointer(cfg, self.options)
         self.source = make_source(cfg, self._on_assign, self._on_revoke, self._on_lost)
         self.sink = make_dead_letter_sink(cfg, self.options)
@@ -204,7 +216,8 @@ class Worker:
                 self.source.subscribe()
             except BROKER_ERRORS as exc:
                 self._set_ready(False, f"broker unreachable ({self.config.kafka.bootstrap_servers}): {exc!r}")
-                self._stop.wait(backoff.next_delay())
+                self._wake.clear()
+                self._wake.wait(backoff.next_delay())  # woken early by a stop or the broker's return
                 continue
             if manifest is not None:
                 self._resumed_from = manifest["seq"]
@@ -215,10 +228,25 @@ class Worker:
             return True
         return False
 
+    def _on_broker_change(self, reachable: bool) -> None:
+        """The probe's thread: readiness now, and waiting retries at once when the broker is back."""
+        if reachable:
+            self._wake.set()
+        self._update_ready()
+
+    def _retry_wait(self, seconds: float) -> None:
+        self._wake.clear()
+        if not self._stop.is_set():
+            self._wake.wait(seconds)
+        if self.probe is not None and self.probe.reachable:
+            self.commits.retry_now()
+            self.intake.retry_now()
+
     def _loop(self) -> None:
         progress = Progress(enabled=self.config.source.progress and self.options.progress)
         self._last_activity = time.monotonic()
-        backoff = Backoff(0.2, 5.0)
+        backoff = Backoff(0.2, 2.0)
+        self._in_loop = True
         try:
             while not self._stop.is_set():
                 if self._idle_due():
@@ -228,13 +256,15 @@ class Worker:
                     parts = self.source.poll_partitions(
                         self.intake.next_due_ms(self.config.kafka.poll_timeout_ms)
                     )
-                    self._poll_error = None
-                    backoff.reset()
+                    self._poll_error = self.source.poll_error
                 except BROKER_ERRORS as exc:
                     self._poll_error = f"poll failed: {exc!r}"
-                    log.warning("%s", self._poll_error)
-                    self._stop.wait(backoff.next_delay())
                     parts = []
+                if self._poll_error is None:
+                    backoff.reset()
+                else:
+                    log.warning("%s", self._poll_error)
+                    self._retry_wait(backoff.next_delay())
                 with self._lock:
                     owned = set(self.source.owned()) - self._unpositioned  # unpositioned: pre-seek records
                     if self.intake.accept(parts, owned):
@@ -244,8 +274,11 @@ class Worker:
                     self._housekeeping()
                 c = self.tracked.counters
                 where = f"lag {sum(self._lag.values()):,} | {len(self.source.owned())} partitions"
-                progress.update(c["records"], c["applied"], c["dead_letters"], where)
+                progress.update(
+                    c["records"], c["applied"], c["dead_letters"], where, duplicates=c["duplicates"]
+                )
         finally:
+            self._in_loop = False
             progress.close()
 
     def _idle_due(self) -> bool:
@@ -337,19 +370,24 @@ class Worker:
             self._lag = update_lag(self.source, self.tracked.positions, self.metrics, self._lag)
 
     def _update_ready(self) -> None:
-        self._set_ready(
-            *readiness(
-                stopping=self._stopping,
-                connected=self.source.connected(),
-                problems=(self.intake.blocked, self._poll_error, self.commits.commit_error),
-                bootstrap=self.config.kafka.bootstrap_servers,
+        if not self._in_loop:  # connecting and stopping set readiness themselves
+            return
+        reachable = self.probe.reachable if self.probe is not None else None
+        with self._ready_lock:
+            self._set_ready(
+                *readiness(
+                    stopping=self._stopping,
+                    connected=self.source.connected() if reachable is None else reachable,
+                    problems=(self.intake.blocked, self._poll_error, self.commits.commit_error),
+                    bootstrap=self.config.kafka.bootstrap_servers,
+                )
             )
-        )
 
     # ------------------------------------------------------------------ shutdown
     def _shutdown(self, started: float) -> int:
         self._stopping = True
-        self._set_ready(False, "stopping")
+        with self._ready_lock:
+            self._set_ready(False, "stopping")
         if self.commits is None or self.source is None:
             return 1
         deadline = time.monotonic() + 0.6 * self.options.shutdown_timeout_s
@@ -367,6 +405,8 @@ class Worker:
         return 0 if ok else 1
 
     def _close(self) -> None:
+        if self.probe is not None:
+            self.probe.stop()
         if self.source is not None:
             try:
                 self.source.close(timeout_ms=5000)
