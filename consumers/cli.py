@@ -34,6 +34,7 @@ COMMANDS = (
     "consumers.commands.pretrain",
     "consumers.commands.worker",
     "consumers.commands.produce",
+    "consumers.commands.serve",
 )
 
 

@@ -13,7 +13,9 @@ batch:
 3. :class:`~pipeline.report.ReportRecorder` (``report_every``; it samples the monitor's scores),
 4. caller-supplied observers (a benchmark's freshness probe),
 5. the :class:`~state.checkpoint.Checkpointer` and its :class:`~pipeline.metrics.SnapshotMetrics`,
-   last, so that a batch's metric rows and drift alarms land in the snapshot that covers the batch.
+   so that a batch's metric rows and drift alarms land in the snapshot that covers the batch,
+6. the :class:`~pipeline.serving.publisher.ViewPublisher` (``serving=``), last: the serving API
+   gets the model only once everything about the batch is done.
 
 The worker's checkpointer is driven by its commit coordinator instead of being an observer (a
 snapshot there becomes durable only with its Kafka commit); the coordinator hands each finished
@@ -51,6 +53,8 @@ if TYPE_CHECKING:
     from pipeline.metrics import StreamMetrics
     from pipeline.observers import RunnerObserver
     from pipeline.report import ReportRecorder
+    from pipeline.serving.publisher import ViewPublisher
+    from pipeline.serving.view import ViewHolder
     from state.checkpoint import Checkpointer
 
 __all__ = ["Stack", "build_stack"]
@@ -79,6 +83,7 @@ class Stack:
     learners: Sequence[Learner] | None = field(default=None, repr=False)
     report_every: int | None = None
     monitor_drift: bool = True
+    publisher: ViewPublisher | None = None
 
     def rebuild(self) -> Stack:
         """The same stack afresh: new runner, learners and stateful observers; the same metrics.
@@ -96,6 +101,7 @@ class Stack:
             checkpointer=self.checkpointer,
             observers=self.observers,
             drift=self.monitor_drift,
+            serving=self.publisher.holder if self.publisher is not None else None,
         )
 
 
@@ -109,6 +115,7 @@ def build_stack(
     observers: Sequence[RunnerObserver] = (),
     learners: Sequence[Learner] | None = None,
     drift: bool = True,
+    serving: ViewHolder | None = None,
 ) -> Stack:
     """Build the runner and its observers from ``config``, in the one order (module docstring).
 
@@ -134,6 +141,9 @@ def build_stack(
     drift
         False to leave out the drift monitor even when ``[drift] enabled`` (``evaluate``: an
         off-policy estimate of a fixed log has no live model to watch).
+    serving
+        The holder the serving API reads: a :class:`~pipeline.serving.publisher.ViewPublisher`
+        swaps the model into it after batches (``serving.refresh_ms``).
     """
     from pipeline.drift import DriftMonitor
 
@@ -157,6 +167,12 @@ def build_stack(
             from pipeline.metrics import SnapshotMetrics
 
             stack_observers.append(SnapshotMetrics(checkpointer, metrics_obj))
+    publisher = None
+    if serving is not None:
+        from pipeline.serving.publisher import ViewPublisher
+
+        publisher = ViewPublisher(serving, config)
+        stack_observers.append(publisher)
     if learners is None:
         runner = Runner.from_config(config, dead_letters=dead_letters, observers=stack_observers)
     else:
@@ -173,4 +189,5 @@ def build_stack(
         learners=learners,
         report_every=report_every,
         monitor_drift=drift,
+        publisher=publisher,
     )

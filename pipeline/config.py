@@ -163,6 +163,28 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ServingConfig:
+    address: str = "127.0.0.1"
+    port: int = 0
+    refresh_ms: int = 1000
+    token: str = ""
+    max_body_bytes: int = 1 << 20
+    max_candidates: int = 1000
+    max_inflight: int = 64
+    decisions_topic: str = ""
+    decisions_path: str = ""
+
+    def validate(self) -> None:
+        _check(0 <= self.port <= 65535, "serving.port", self.port, "a port in [0, 65535] (0 = off)")
+        _check(self.refresh_ms >= 0, "serving.refresh_ms", self.refresh_ms, "an integer >= 0")
+        _check(
+            self.max_body_bytes >= 1024, "serving.max_body_bytes", self.max_body_bytes, "an integer >= 1024"
+        )
+        _check(self.max_candidates >= 1, "serving.max_candidates", self.max_candidates, "an integer >= 1")
+        _check(self.max_inflight >= 1, "serving.max_inflight", self.max_inflight, "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
@@ -173,6 +195,7 @@ class Config:
     dead_letter: DeadLetterConfig = field(default_factory=DeadLetterConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     drift: DriftSettings = field(default_factory=DriftSettings)
     seed: int = 0
 

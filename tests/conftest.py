@@ -45,6 +45,16 @@ def topic_factory(kafka_broker: KafkaBroker) -> Callable[..., str]:
 
 
 @pytest.fixture
+def workers(tmp_path):
+    """:class:`tests.kafka.workers.WorkerProcesses` under the test's directory, all stopped after it."""
+    from tests.kafka.workers import WorkerProcesses
+
+    procs = WorkerProcesses(tmp_path)
+    yield procs
+    procs.close()
+
+
+@pytest.fixture
 def producer(kafka_broker: KafkaBroker):
     """A ``KafkaProducer`` (bytes in, ``acks="all"``) closed after the test."""
     prod = kafka_broker.producer()

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from state.snapshot import SnapshotStore
-from tests.kafka.workers import WorkerProcesses, worker_config
+from tests.kafka.workers import worker_config
 from tests.test_conformance import make_events
 from tests.test_worker_kafka import send
 
@@ -20,13 +20,6 @@ pytestmark = pytest.mark.kafka
 
 CHAMPION = '[[learners]]\nkind = "ftrl"\nparams = { bits = 16 }\n'
 CHALLENGER = CHAMPION + '[[learners]]\nkind = "beta_ts"\n'
-
-
-@pytest.fixture
-def workers(tmp_path):
-    procs = WorkerProcesses(tmp_path)
-    yield procs
-    procs.close()
 
 
 def test_a_challenger_added_to_a_running_worker_starts_cold_beside_the_restored_champion(

@@ -19,17 +19,10 @@ import pytest
 
 from state.snapshot import SnapshotStore
 from tests.kafka.broker import REPO_ROOT
-from tests.kafka.workers import WorkerProcesses, http_get, read_topic, wait_for, worker_config
+from tests.kafka.workers import http_get, read_topic, wait_for, worker_config
 from tests.test_conformance import make_events
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def workers(tmp_path):
-    procs = WorkerProcesses(tmp_path)
-    yield procs
-    procs.close()
 
 
 def huge_record(size: int, name: str) -> bytes:

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import orjson
-import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
@@ -24,7 +23,6 @@ from consumers.worker.offsets import parse_metadata
 from state.snapshot import SnapshotStore
 from tests.kafka.broker import REPO_ROOT
 from tests.kafka.workers import (
-    WorkerProcesses,
     committed,
     end_offsets,
     http_get,
@@ -41,13 +39,6 @@ INVALID = {
     b"\xff\xfe not utf-8": "not_utf8",
     b'{"event_id":"x2","ts":1,"user_id":"u","item_id":"i","label":"yes"}': "wrong_type",
 }
-
-
-@pytest.fixture
-def workers(tmp_path):
-    procs = WorkerProcesses(tmp_path)
-    yield procs
-    procs.close()
 
 
 def mixed_stream(n: int, every: int, prefix: str, seed: int = 0) -> list[bytes]:

@@ -29,18 +29,11 @@ from pipeline.events import decode_json
 from pipeline.runner import RawBatch, Runner
 from state.checkpoint import Checkpointer
 from state.snapshot import SnapshotStore
-from tests.kafka.workers import WorkerProcesses, committed, end_offsets, http_get, wait_for, worker_config
+from tests.kafka.workers import committed, end_offsets, http_get, wait_for, worker_config
 from tests.test_conformance import assert_bundles_equal, make_events
 from tests.test_worker_kafka import INVALID, drained, final_manifest, mixed_stream, send
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def workers(tmp_path):
-    procs = WorkerProcesses(tmp_path)
-    yield procs
-    procs.close()
 
 
 def valid_prefix(values: list[bytes]) -> np.ndarray:

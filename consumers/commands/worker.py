@@ -48,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="serve /metrics, /healthz and /readyz on this port (0 picks a free one; default: config metrics.port)",
     )
     p.add_argument(
+        "--serving-port",
+        type=positive_int,
+        metavar="PORT",
+        help="serve /v1/score, /v1/decide and /v1/models on this port (0 picks a free one; default: config serving.port, 0 = off)",
+    )
+    p.add_argument(
         "--idle-exit", type=float, metavar="SECONDS", help="exit (after a final snapshot) when idle this long"
     )
     p.add_argument(
@@ -105,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         hard_exit=True,
         progress=not args.no_progress,
         metrics_port=args.metrics_port,
+        serving_port=args.serving_port,
     )
     worker = Worker(config, options)
 

@@ -13,6 +13,8 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from consumers.backoff import Backoff
 from consumers.kafka.dead_letter import KafkaDeadLetterSink
+from consumers.kafka.decisions import KafkaDecisionLog
+from consumers.kafka.producer import ensure_topic
 from consumers.kafka.settings import consumer_settings, producer_settings
 from consumers.kafka.source import KafkaSource, PartitionsCallback
 from pipeline.config import Config
@@ -20,7 +22,7 @@ from pipeline.config import Config
 if TYPE_CHECKING:  # consumers.worker imports this package: no import cycle at run time
     from consumers.worker.options import WorkerOptions
 
-__all__ = ["make_dead_letter_sink", "make_source"]
+__all__ = ["decision_topic", "make_dead_letter_sink", "make_decision_log", "make_source"]
 
 
 def make_source(
@@ -65,3 +67,16 @@ def make_dead_letter_sink(config: Config, options: WorkerOptions) -> KafkaDeadLe
         max_message_bytes=config.dead_letter.max_message_bytes,
         **producer,
     )
+
+
+def decision_topic(config: Config) -> str:
+    """``serving.decisions_topic``, or ``<first topic>.decisions``."""
+    return config.serving.decisions_topic or f"{config.kafka.topics[0]}.decisions"
+
+
+def make_decision_log(config: Config) -> KafkaDecisionLog:
+    """The decision topic's producer, creating the topic (one partition) when it is missing."""
+    client = producer_settings(config.kafka.client)
+    topic = decision_topic(config)
+    ensure_topic(config.kafka.bootstrap_servers, topic, 1, client, connect_timeout_s=5.0)
+    return KafkaDecisionLog(config.kafka.bootstrap_servers, topic, client)

@@ -17,6 +17,7 @@ class WorkerOptions:
     hard_exit: bool = False  # os._exit(1) when a shutdown overruns shutdown_timeout_s
     progress: bool = True
     metrics_port: int | None = None  # None: config metrics.port (0 there = off); 0 here: a free port
+    serving_port: int | None = None  # None: config serving.port (0 there = off); 0 here: a free port
     commit_timeout_ms: int = 10_000
     lag_every_s: float = 2.0
     catalog: bool = True

@@ -48,6 +48,7 @@ from consumers.kafka import (
     KafkaDeadLetterSink,
     consumer_settings,
     make_dead_letter_sink,
+    make_decision_log,
     make_source,
 )
 from consumers.progress import Progress
@@ -59,7 +60,7 @@ from consumers.worker.intake import Intake
 from consumers.worker.offsets import Ledger
 from consumers.worker.options import WorkerOptions, WorkerReport
 from consumers.worker.tracked import TrackedRunner
-from consumers.worker.wiring import open_checkpointer, open_ops_server
+from consumers.worker.wiring import open_checkpointer, open_ops_server, open_serving_server
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.metrics import StreamMetrics
@@ -115,6 +116,7 @@ class Worker:
         self._assigned_once = False
         self._resumed_from: int | None = None
         self.server = None
+        self.serving = None  # the scoring/decision API (consumers.serving.ServingServer), when on
         self.stack: Stack | None = None
         self.source: PartitionedSource | None = None
         self.commits: CommitCoordinator | None = None
@@ -177,6 +179,7 @@ class Worker:
     def _open(self) -> None:
         cfg = self.config
         self.server = open_ops_server(cfg, self.options, self.metrics)
+        self.serving = open_serving_server(cfg, self.options)
         self._set_ready(False, "starting")
         self.probe = BrokerProbe(
             cfg.kafka.bootstrap_servers, cfg.kafka.client, on_change=self._on_broker_change
@@ -199,7 +202,11 @@ class Worker:
         # the replay's stack (metrics, drift monitor, extra observers) over the process's registry;
         # called again on rollback, so stateful observers restart with the restored model
         self.stack = build_stack(
-            self.config, dead_letters=self.sink, metrics=self.metrics, observers=self._observers
+            self.config,
+            dead_letters=self.sink,
+            metrics=self.metrics,
+            observers=self._observers,
+            serving=self.serving.holder if self.serving is not None else None,
         )
         return TrackedRunner(self.stack.runner, self._ledger.worker_id)
 
@@ -213,6 +220,10 @@ class Worker:
             try:
                 self.source.connect()
                 manifest = self.commits.restore()
+                if self.serving is not None:
+                    if self.serving.decisions is None:
+                        self.serving.decisions = make_decision_log(self.config)
+                    self.stack.publisher.publish(self.stack.runner)  # the restored model serves at once
                 self.source.subscribe()
             except BROKER_ERRORS as exc:
                 self._set_ready(False, f"broker unreachable ({self.config.kafka.bootstrap_servers}): {exc!r}")
@@ -353,6 +364,8 @@ class Worker:
     # ------------------------------------------------------------------ housekeeping
     def _housekeeping(self) -> None:
         now = time.monotonic()
+        if self.stack is not None and self.stack.publisher is not None:
+            self.stack.publisher.publish_if_due(self.stack.runner)
         if self._unpositioned and now >= self._position_retry_at:
             self._position(sorted(self._unpositioned))
         self._apply_pauses()
@@ -419,6 +432,8 @@ class Worker:
                 self.sink.close()
             except Exception as exc:
                 log.warning("closing the dead-letter producer failed: %r", exc)
+        if self.serving is not None:
+            self.serving.stop()
         if self.server is not None:
             self.server.stop()
 

@@ -1,0 +1,186 @@
+"""The JSON bodies of ``/v1/score`` and ``/v1/decide``, checked field by field.
+
+A request names a user, optional context features and the candidate items (each with optional
+features of its own)::
+
+    {"model": "ftrl", "user_id": "u1", "features": {"device": "ios", "hour": 20},
+     "candidates": [{"item_id": "i1"}, {"item_id": "i2", "features": {"price": 9.5}}],
+     "k": 1, "request_id": "r-17", "exploration": {"rule": "softmax", "temperature": 0.05}}
+
+Features follow the event schema: strings and booleans are categorical, finite numbers numeric.
+Everything wrong is a :class:`RequestError` naming the field (``candidates[3].item_id``), which
+the server answers with 400.
+
+Examples
+--------
+>>> req = parse_request({"model": "ftrl", "user_id": "u", "candidates": ["a", {"item_id": "b"}]})
+>>> req.item_ids, req.k
+(['a', 'b'], 1)
+>>> parse_request({"model": "ftrl", "user_id": "u", "candidates": [{"item_id": 3.5}]})
+Traceback (most recent call last):
+...
+pipeline.serving.requests.RequestError: candidates[0].item_id: expected a non-empty string or an integer, got 3.5
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.errors import StreamlearnError
+from pipeline.serving.exploration import RULES, ExplorationRule
+
+__all__ = ["Limits", "Request", "RequestError", "parse_request"]
+
+
+class RequestError(StreamlearnError):
+    """A request field is missing or wrong; ``field`` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    max_candidates: int = 1000
+    max_features: int = 256
+    max_id_chars: int = 256
+
+
+@dataclass
+class Request:
+    """A checked request."""
+
+    model: str
+    user_id: str
+    item_ids: list[str]
+    features: dict[str, Any] = field(default_factory=dict)
+    item_features: list[dict[str, Any]] = field(default_factory=list)
+    k: int = 1
+    request_id: str | None = None
+    exploration: ExplorationRule | None = None
+
+
+def _id(value: Any, where: str, limits: Limits) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise RequestError(where, f"expected a non-empty string or an integer, got {value!r}")
+    text = str(value)
+    if len(text) > limits.max_id_chars:
+        raise RequestError(where, f"longer than {limits.max_id_chars} characters")
+    return text
+
+
+def _features(value: Any, where: str, limits: Limits) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RequestError(where, f"expected an object of features, got {type(value).__name__}")
+    if len(value) > limits.max_features:
+        raise RequestError(where, f"more than {limits.max_features} features")
+    out: dict[str, Any] = {}
+    for name, v in value.items():
+        if not name:
+            raise RequestError(where, "feature names must be non-empty")
+        if isinstance(v, bool):
+            out[name] = "true" if v else "false"
+        elif isinstance(v, str):
+            out[name] = v
+        elif isinstance(v, (int, float)):
+            if not math.isfinite(v):
+                raise RequestError(f"{where}.{name}", f"expected a finite number, got {v!r}")
+            out[name] = float(v)
+        elif v is None:
+            continue
+        else:
+            raise RequestError(
+                f"{where}.{name}", f"expected a string, number or boolean, got {type(v).__name__}"
+            )
+    return out
+
+
+def _exploration(value: Any) -> ExplorationRule | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"rule": value}
+    if not isinstance(value, dict) or not isinstance(value.get("rule"), str):
+        raise RequestError(
+            "exploration", f"expected {{'rule': one of {', '.join(RULES)}, ...}}, got {value!r}"
+        )
+    rule = value["rule"]
+    if rule not in RULES:
+        raise RequestError("exploration.rule", f"unknown rule {rule!r}; known: {', '.join(RULES)}")
+    param, _ = RULES[rule]
+    extra = set(value) - {"rule", *([param] if param else [])}
+    if extra:
+        raise RequestError(f"exploration.{sorted(extra)[0]}", f"not a parameter of {rule}")
+    raw = value.get(param) if param else None
+    if raw is not None and (isinstance(raw, bool) or not isinstance(raw, (int, float))):
+        raise RequestError(f"exploration.{param}", f"expected a number, got {raw!r}")
+    try:
+        return ExplorationRule(rule, raw)
+    except ValueError as exc:
+        raise RequestError(f"exploration.{param}", str(exc)) from None
+
+
+def parse_request(body: Any, limits: Limits | None = None, decide: bool = False) -> Request:
+    """Check a decoded JSON body; raises :class:`RequestError` naming the first wrong field."""
+    limits = limits or Limits()
+    if not isinstance(body, dict):
+        raise RequestError("body", f"expected a JSON object, got {type(body).__name__}")
+    known = {"model", "user_id", "features", "candidates", "k", "request_id", "exploration"}
+    extra = sorted(set(body) - known)
+    if extra:
+        raise RequestError(extra[0], f"unknown field (known: {', '.join(sorted(known))})")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise RequestError("model", f"expected the name of a loaded model, got {model!r}")
+    user = _id(body.get("user_id"), "user_id", limits)
+    candidates = body.get("candidates")
+    if not isinstance(candidates, list) or not candidates:
+        raise RequestError("candidates", "expected a non-empty list of items")
+    if len(candidates) > limits.max_candidates:
+        raise RequestError(
+            "candidates", f"{len(candidates)} items, more than the limit of {limits.max_candidates}"
+        )
+    ids, feats = [], []
+    for j, cand in enumerate(candidates):
+        where = f"candidates[{j}]"
+        if isinstance(cand, dict):
+            extra = sorted(set(cand) - {"item_id", "features"})
+            if extra:
+                raise RequestError(f"{where}.{extra[0]}", "unknown field (known: item_id, features)")
+            ids.append(_id(cand.get("item_id"), f"{where}.item_id", limits))
+            feats.append(_features(cand.get("features"), f"{where}.features", limits))
+        else:
+            ids.append(_id(cand, where, limits))
+            feats.append({})
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise RequestError("candidates", f"item {dup!r} is listed twice")
+    k = body.get("k", 1)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(ids):
+        raise RequestError(
+            "k", f"expected an integer in [1, {len(ids)}] (the number of candidates), got {k!r}"
+        )
+    request_id = body.get("request_id")
+    if request_id is not None:
+        request_id = _id(request_id, "request_id", limits)
+    exploration = _exploration(body.get("exploration"))
+    if exploration is not None and not decide:
+        raise RequestError("exploration", "only /v1/decide explores")
+    return Request(
+        model=model,
+        user_id=user,
+        item_ids=ids,
+        features=_features(body.get("features"), "features", limits),
+        item_features=feats,
+        k=k,
+        request_id=request_id,
+        exploration=exploration,
+    )

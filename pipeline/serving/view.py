@@ -1,0 +1,287 @@
+"""A read-only view of a model: its featurizer and learners at one moment, and the version they are.
+
+A :class:`ModelView` is built once (from the live runner after a batch, or from a snapshot) and
+never changes: requests read it from many threads at once, and a newer model is a new view that
+replaces the old one in a :class:`ViewHolder` in one reference swap, so a request sees either the
+old model or the new one, never a mix. Scoring goes through the learners' read-only paths
+(``Featurizer.transform`` and ``predict``/``distribution``, which the conformance suite checks
+leave ``state()`` byte-identical), so no request changes what was learned.
+
+Decisions: a bandit decides with its own rule (``distribution``: LinUCB and Diag-LinUCB are
+deterministic, ε-greedy exact, Thompson sampling a Monte-Carlo estimate); any other learner
+decides through an :class:`~pipeline.serving.exploration.ExplorationRule` over its scores. Either
+way a slate is drawn slot by slot from the remaining candidates with the view's own generator,
+and each item's propensity is the probability of its draw given the earlier slots.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.events.schema import EVENT_SCHEMA, EventBatch
+from pipeline.features import FeatureBatch, FeatureSpec, Featurizer
+from pipeline.learners.bandits.base import BanditPolicy
+from pipeline.learners.base import Learner, StateBundle
+from pipeline.serving.exploration import ExplorationRule, draw_slate
+from pipeline.serving.requests import Request
+
+__all__ = ["Decision", "ModelVersion", "ModelView", "UnknownModelError", "ViewHolder", "request_events"]
+
+#: how a scoring learner decides when the request names no exploration rule
+DEFAULT_EXPLORATION = ExplorationRule("epsilon_greedy", 0.1)
+
+
+class UnknownModelError(LookupError):
+    """The request names a model the view does not hold (HTTP 404)."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """Which model answered: the configuration, the events it has learned, the snapshot it is or follows."""
+
+    config_hash: str
+    events_applied: int
+    snapshot_seq: int | None
+    built_at_ms: int
+    origin: str  # "live" (the worker's model after a batch) or "snapshot"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config_hash": self.config_hash,
+            "events_applied": self.events_applied,
+            "snapshot_seq": self.snapshot_seq,
+            "built_at_ms": self.built_at_ms,
+            "origin": self.origin,
+        }
+
+
+@dataclass
+class Decision:
+    """``k`` chosen items with their propensities and scores, and what chose them."""
+
+    decision_id: str
+    request: Request
+    policy: str
+    items: list[str]
+    positions: list[int]  # index of each chosen item among the request's candidates
+    propensities: list[float]
+    scores: list[float]
+    version: ModelVersion
+    ts_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decision_id": self.decision_id,
+            "request_id": self.request.request_id,
+            "model": self.request.model,
+            "policy": self.policy,
+            "items": [
+                {"item_id": i, "slot": s, "candidate": c, "propensity": p, "score": v}
+                for s, (i, c, p, v) in enumerate(
+                    zip(self.items, self.positions, self.propensities, self.scores)
+                )
+            ],
+            "version": self.version.to_dict(),
+        }
+
+
+def _map_array(dicts: list[dict[str, Any]], value_type: pa.DataType) -> pa.Array:
+    offsets, keys, values = [0], [], []
+    for d in dicts:
+        keys.extend(d)
+        values.extend(d.values())
+        offsets.append(len(keys))
+    return pa.MapArray.from_arrays(
+        pa.array(offsets, pa.int32()), pa.array(keys, pa.string()), pa.array(values, value_type)
+    )
+
+
+def request_events(req: Request, item_ids: list[str], item_features: list[dict[str, Any]]) -> EventBatch:
+    """One event per candidate: the user, the candidate, the context features merged with the item's."""
+    n = len(item_ids)
+    rid = req.request_id or "request"
+    merged = [{**req.features, **f} for f in item_features]
+    cats = [{k: v for k, v in m.items() if isinstance(v, str)} for m in merged]
+    nums = [{k: v for k, v in m.items() if not isinstance(v, str)} for m in merged]
+    null_str, null_int = pa.nulls(n, pa.string()), pa.nulls(n, pa.int64())
+    columns = [
+        pa.array([f"{rid}:{j}" for j in range(n)], pa.string()),
+        pa.array(np.full(n, int(time.time() * 1000), np.int64)),
+        pa.array([req.user_id] * n, pa.string()),
+        pa.array(item_ids, pa.string()),
+        pa.array(np.zeros(n)),
+        null_str,
+        null_int,
+        pa.nulls(n, pa.float64()),
+        pa.array([req.request_id] * n, pa.string()),
+        _map_array(cats, pa.string()),
+        _map_array(nums, pa.float64()),
+        pa.array(np.arange(n, dtype=np.int64)),
+    ]
+    return EventBatch(pa.RecordBatch.from_arrays(columns, schema=EVENT_SCHEMA))
+
+
+class ModelView:
+    """The featurizer and learners of one moment, read-only; see the module docstring.
+
+    Parameters
+    ----------
+    featurizer
+        Features as the model was trained with (only ``transform`` is called).
+    learners
+        The models by name; they must not be trained any more (views hold their own copies).
+    version
+        What the model is.
+    seed
+        Seed of the generator that draws decisions (mixed with the version's events so that two
+        views draw differently).
+    """
+
+    def __init__(
+        self, featurizer: Featurizer, learners: Mapping[str, Learner], version: ModelVersion, seed: int = 0
+    ):
+        self.featurizer = featurizer
+        self.learners = dict(learners)
+        self.version = version
+        self._rng = np.random.default_rng([seed, version.events_applied, version.built_at_ms])
+        self._rng_lock = threading.Lock()  # numpy generators are not thread-safe
+
+    # -- construction ----------------------------------------------------------------------------------
+    @classmethod
+    def from_state(
+        cls,
+        templates: list[Learner],
+        feature_spec: FeatureSpec,
+        bundles: Mapping[str, StateBundle],
+        version: ModelVersion,
+        seed: int = 0,
+    ) -> ModelView:
+        """Fresh copies of ``templates`` loaded with ``bundles`` (a snapshot's or a runner's ``state()``)."""
+        featurizer = Featurizer(feature_spec)
+        featurizer.load_state(bundles["_runner"].tables["features"])
+        learners = {}
+        for template in templates:
+            if template.name in bundles:
+                copy = template.clone()
+                copy.name = template.name
+                copy.load_state(bundles[template.name])
+                learners[template.name] = copy
+        return cls(featurizer, learners, version, seed)
+
+    @classmethod
+    def from_runner(
+        cls, runner, config_hash: str, snapshot_seq: int | None = None, seed: int = 0
+    ) -> ModelView:
+        """The runner's model as it is now (call between batches)."""
+        version = ModelVersion(
+            config_hash=config_hash,
+            events_applied=int(runner.counters["applied"]),
+            snapshot_seq=snapshot_seq,
+            built_at_ms=int(time.time() * 1000),
+            origin="live",
+        )
+        return cls.from_state(runner.learners, runner.featurizer.spec, runner.state(), version, seed)
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def learner(self, name: str) -> Learner:
+        try:
+            return self.learners[name]
+        except KeyError:
+            raise UnknownModelError(
+                f"no model {name!r}; loaded: {', '.join(self.learners) or 'none'}"
+            ) from None
+
+    def describe(self) -> list[dict[str, Any]]:
+        """What ``GET /v1/models`` lists: every model, its kind and whether it decides on its own."""
+        now = int(time.time() * 1000)
+        return [
+            {
+                "name": name,
+                "kind": lr.kind,
+                "policy": isinstance(lr, BanditPolicy),
+                "version": self.version.to_dict(),
+                "age_s": round((now - self.version.built_at_ms) / 1000, 3),
+            }
+            for name, lr in self.learners.items()
+        ]
+
+    def features(self, req: Request) -> FeatureBatch:
+        return self.featurizer.transform(request_events(req, req.item_ids, req.item_features))
+
+    def score(self, req: Request) -> np.ndarray:
+        """Each candidate's score (click/reward probability) from the request's model."""
+        learner = self.learner(req.model)
+        return np.asarray(learner.predict(self.features(req)), dtype=np.float64)
+
+    def decide(self, req: Request, decision_id: str | None = None) -> Decision:
+        """``req.k`` items chosen from the candidates, with their propensities."""
+        learner = self.learner(req.model)
+        batch = self.features(req)
+        if isinstance(learner, BanditPolicy):
+            if req.exploration is not None:
+                raise ValueError(
+                    f"{req.model} is a bandit: it explores with its own rule, not {req.exploration.name}"
+                )
+            contexts = learner.batch_contexts(batch)[:1]
+            ids = np.asarray(req.item_ids, dtype=object)
+            policy = learner.kind
+            chosen, props, scores = self._draw_bandit(learner, contexts, ids, req.k)
+        else:
+            rule = req.exploration or DEFAULT_EXPLORATION
+            policy = f"{learner.kind}+{rule.label}"
+            scores_all = np.asarray(learner.predict(batch), dtype=np.float64)
+            with self._rng_lock:
+                chosen, props = draw_slate(rule, scores_all, req.k, self._rng)
+            scores = scores_all[chosen]
+        return Decision(
+            decision_id=decision_id or uuid.uuid4().hex,
+            request=req,
+            policy=policy,
+            items=[req.item_ids[c] for c in chosen],
+            positions=[int(c) for c in chosen],
+            propensities=[float(p) for p in props],
+            scores=[float(s) for s in scores],
+            version=self.version,
+        )
+
+    def _draw_bandit(self, policy: BanditPolicy, contexts: np.ndarray, ids: np.ndarray, k: int):
+        remaining = np.arange(ids.size)
+        chosen, props, scores = [], [], []
+        for _ in range(k):
+            probs, means = policy.distribution(contexts, ids[remaining])
+            p = probs[0] / probs[0].sum()
+            if np.count_nonzero(p) == 1:
+                pick = int(np.flatnonzero(p)[0])
+            else:
+                with self._rng_lock:
+                    pick = int(self._rng.choice(p.size, p=p))
+            chosen.append(int(remaining[pick]))
+            props.append(float(p[pick]))
+            scores.append(float(means[0, pick]))
+            remaining = np.delete(remaining, pick)
+        return np.array(chosen), np.array(props), np.array(scores)
+
+
+class ViewHolder:
+    """The current :class:`ModelView`; replaced whole, read without a lock.
+
+    >>> holder = ViewHolder()
+    >>> holder.current is None
+    True
+    """
+
+    def __init__(self, view: ModelView | None = None):
+        self.current = view
+        self.swaps = 0
+
+    def swap(self, view: ModelView) -> None:
+        self.current = view  # one reference assignment: readers see the old view or the new one
+        self.swaps += 1
