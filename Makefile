@@ -59,7 +59,7 @@ test-fast: install
 bench: install
 	mkdir -p benchmarks/results
 	$(PY) benchmarks/replay.py
-	@for b in benchmarks/snapshot.py benchmarks/kafka_worker.py benchmarks/bandits.py benchmarks/neural.py benchmarks/error_memory.py; do \
+	@for b in benchmarks/snapshot.py benchmarks/kafka_worker.py benchmarks/bandits.py benchmarks/neural.py benchmarks/error_memory.py benchmarks/serving.py; do \
 	    if [ -f $$b ]; then echo "== $$b"; $(PY) $$b || exit 1; fi; done
 
 kafka-up: install

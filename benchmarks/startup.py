@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import compile_project, save, table
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("replay", "validate", "simulate", "state", "evaluate", "pretrain", "worker", "produce")
+COMMANDS = ("replay", "validate", "simulate", "state", "evaluate", "pretrain", "worker", "produce", "serve")
 
 
 def _cli() -> list[str]:

@@ -11,7 +11,9 @@ Safe by default: loopback unless ``serving.address`` says otherwise; an optional
 more than ``serving.max_inflight`` requests at once are 503 with ``Retry-After``; no view yet is
 503. Every decision is written to the decision log (a Kafka topic or a JSONL file) as exposure
 events (:mod:`pipeline.serving.decisions`). ``/healthz`` and ``/readyz`` (200 once a model is
-loaded) and ``/metrics`` (request counts and latencies) are served too.
+loaded) and ``/metrics`` (request counts and latencies) are served too, and ``POST /v1/noop``, which
+reads the body and answers ``{}``: the transport's own cost, the ceiling ``benchmarks/serving.py``
+measures the endpoints against.
 
 Examples
 --------
@@ -42,7 +44,7 @@ from pipeline.serving.decisions import DecisionLog, exposure_records
 from pipeline.serving.requests import Limits, RequestError, parse_request
 from pipeline.serving.view import UnknownModelError, ViewHolder
 
-__all__ = ["ServingOptions", "ServingServer"]
+__all__ = ["ModelLane", "ServingOptions", "ServingServer"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,79 @@ class ServingOptions:
     max_body_bytes: int = 1 << 20
     max_inflight: int = 64
     limits: Limits = field(default_factory=Limits)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # the stdlib's listen backlog of 5 drops connections under a burst of clients (each retried by
+    # the client's TCP stack after 1 s): take what the kernel allows
+    request_queue_size = 1024
+
+
+class _Waiting:
+    """One request's place in the model lane: filled by whichever thread runs the batch."""
+
+    __slots__ = ("error", "req", "result", "view")
+
+    def __init__(self, view, req):
+        self.view, self.req = view, req
+        self.result = self.error = None
+
+
+class ModelLane:
+    """Model calls one at a time, concurrent requests of one model scored in one call.
+
+    A request thread queues its request and takes the lane; whoever holds it scores every queued
+    request, grouped by view and model, in one :meth:`~pipeline.serving.view.ModelView.score_many`
+    call each (dynamic batching: the featurizer's and the model's fixed costs are paid once per
+    batch); a thread whose request was scored by another just returns. One call at a time is also
+    faster than many: concurrent numpy/pyarrow calls on a few cores thrash (measured in
+    ``benchmarks/serving.py``).
+    """
+
+    def __init__(self, max_batch: int = 64):
+        self.max_batch = max_batch
+        self._lane = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Waiting] = []
+        self.calls = self.scored = 0
+
+    def score(self, view, req):
+        waiting = _Waiting(view, req)
+        with self._queue_lock:
+            self._queue.append(waiting)
+        with self._lane:
+            if waiting.result is None and waiting.error is None:
+                with self._queue_lock:
+                    batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                self._run(batch)
+        if waiting.error is not None:
+            raise waiting.error
+        return waiting.result
+
+    def _run(self, batch: list[_Waiting]) -> None:
+        groups: dict[tuple[int, str], list[_Waiting]] = {}
+        for w in batch:
+            groups.setdefault((id(w.view), w.req.model), []).append(w)
+        for group in groups.values():
+            try:
+                results = group[0].view.score_many([w.req for w in group])
+            except Exception:  # score each alone, so that an error reaches only its own request
+                for w in group:
+                    try:
+                        w.result = w.view.score(w.req)
+                    except Exception as exc:
+                        w.error = exc
+                continue
+            self.calls += 1
+            self.scored += len(group)
+            for w, r in zip(group, results):
+                w.result = r
+
+    def run(self, fn):
+        """Any other model call, in the lane."""
+        with self._lane:
+            return fn()
 
 
 class _Reply(Exception):
@@ -78,6 +153,7 @@ class ServingServer:
         self.options = options or ServingOptions()
         self.decisions = decisions
         self._slots = threading.BoundedSemaphore(self.options.max_inflight)
+        self.lane = ModelLane()  # model calls one at a time, batched; HTTP stays concurrent
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "streamlearn_serving_requests_total",
@@ -117,7 +193,8 @@ class ServingServer:
     def score(self, body) -> dict:
         req = parse_request(body, self.options.limits)
         view = self._view()
-        scores = view.score(req)
+        view.learner(req.model)  # an unknown model is 404 before it joins a batch
+        scores = self.lane.score(view, req)
         return {
             "model": req.model,
             "request_id": req.request_id,
@@ -129,7 +206,10 @@ class ServingServer:
         req = parse_request(body, self.options.limits, decide=True)
         view = self._view()
         try:
-            decision = view.decide(req)
+            if view.decides_by_itself(req):
+                decision = self.lane.run(lambda: view.decide(req))
+            else:
+                decision = view.decide(req, scores=self.lane.score(view, req))
         except ValueError as exc:  # e.g. an exploration rule for a bandit
             raise RequestError("exploration", str(exc)) from None
         if self.decisions is not None:
@@ -142,10 +222,11 @@ class ServingServer:
             ("GET", "/v1/models"): "models",
             ("POST", "/v1/score"): "score",
             ("POST", "/v1/decide"): "decide",
+            ("POST", "/v1/noop"): "noop",
         }
         endpoint = routes.get((method, path))
         if endpoint is None:
-            if path in ("/v1/models", "/v1/score", "/v1/decide"):
+            if path in ("/v1/models", "/v1/score", "/v1/decide", "/v1/noop"):
                 raise _Reply(405, {"error": f"{method} not allowed on {path}"})
             raise _Reply(404, {"error": f"no endpoint {path}"})
         if self.options.token:
@@ -158,6 +239,9 @@ class ServingServer:
         try:
             if endpoint == "models":
                 result = self.models()
+            elif endpoint == "noop":  # the transport alone: what benchmarks/serving.py compares with
+                read_body()
+                return 200, b"{}", {}
             else:
                 raw = read_body()
                 try:
@@ -179,6 +263,9 @@ class ServingServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
+            # headers and body leave in two writes: with Nagle on, the body waits for the client's
+            # delayed ACK (40 ms on Linux) on every keep-alive request
+            disable_nagle_algorithm = True
 
             def _send(self, status: int, body: bytes, headers: dict[str, str], ctype="application/json"):
                 self.send_response(status)
@@ -249,7 +336,7 @@ class ServingServer:
             def log_message(self, *args):  # requests are counted in /metrics, not logged one by one
                 pass
 
-        self._server = ThreadingHTTPServer((self.address, self._requested_port), Handler)
+        self._server = _Server((self.address, self._requested_port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="serving", daemon=True)
         self._thread.start()

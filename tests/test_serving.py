@@ -308,6 +308,7 @@ def test_bad_requests_get_clear_answers_and_never_crash_the_server(serve):
     status, _ = _post(url + "/v1/score", None, raw=b"x" * (2 << 20))
     assert status == 413
     assert _get(url + "/v1/nothing")[0] == 404
+    assert _post(url + "/v1/noop", {"x": 1}) == (200, {})  # the transport alone, for benchmarks
     status, got = _post(url + "/v1/score", {**BODY, "model": "ftrl"})
     assert status == 200 and len(got["scores"]) == 12
 
@@ -321,12 +322,17 @@ def test_bearer_token_is_required_when_configured(serve, tmp_path):
     assert _post(server.url + "/v1/score", {**BODY, "model": "ftrl"}, token="s3cret")[0] == 200
 
 
-def test_no_request_changes_learned_state(state_dir):
+def _snapshot_view(state_dir: Path) -> ModelView:
+    """The newest snapshot's model as a view, built in this process."""
     manifest, bundles = SnapshotStore(state_dir).latest_valid()
     config = load_config(overrides={"learners": list(LEARNERS)}, environ={})
     runner = Runner.from_config(config)
     version = ModelVersion(config_hash(config), manifest["events_applied"], manifest["seq"], 0, "snapshot")
-    view = ModelView.from_state(runner.learners, runner.featurizer.spec, bundles, version)
+    return ModelView.from_state(runner.learners, runner.featurizer.spec, bundles, version)
+
+
+def test_no_request_changes_learned_state(state_dir):
+    view = _snapshot_view(state_dir)
     before = {n: _fingerprint(lr.state()) for n, lr in view.learners.items()}
     features_before = view.featurizer.state()
     server = ServingServer(ViewHolder(view), port=0, options=ServingOptions()).start()
@@ -402,3 +408,34 @@ def test_hot_swap_under_load_fails_no_request_and_mixes_no_models(serve, state_d
     assert set(by_version) == {first["version"]["snapshot_seq"], newest}
     assert all(len(scores) == 1 for scores in by_version.values()), "one version answered with two models"
     assert by_version[first["version"]["snapshot_seq"]] == {tuple(s["score"] for s in first["scores"])}
+
+
+def test_concurrent_requests_batched_in_one_model_call_get_their_own_scores(state_dir):
+    view = _snapshot_view(state_dir)
+    bodies = [
+        {**BODY, "model": model, "user_id": f"u{i}", "candidates": BODY["candidates"][: 2 + i % 9]}
+        for i in range(48)
+        for model in ("ftrl", "neural")
+    ]
+    expected = [view.score(parse_request(b)) for b in bodies]
+    together = view.score_many([parse_request(b) for b in bodies if b["model"] == "ftrl"])
+    np.testing.assert_allclose(np.concatenate(together), np.concatenate(expected[::2]), rtol=1e-12)
+
+    server = ServingServer(ViewHolder(view), port=0).start()
+    got: dict[int, list[float]] = {}
+    try:
+
+        def client(ids):
+            for i in ids:
+                got[i] = [s["score"] for s in _post(server.url + "/v1/score", bodies[i])[1]["scores"]]
+
+        threads = [threading.Thread(target=client, args=(range(t, len(bodies), 8),)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.stop()
+    for i, scores in enumerate(expected):  # the neural ranker computes in float32: batch shapes differ
+        np.testing.assert_allclose(got[i], scores, rtol=1e-6)
+    assert server.lane.scored == len(bodies) and server.lane.calls < len(bodies)

@@ -174,6 +174,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.serving.view import ViewHolder
 
+    # request threads wait for the GIL after every socket read; the default 5 ms switch interval
+    # makes each of them wait behind a busy one that long (the convoy effect)
+    sys.setswitchinterval(0.0005)
     config = load_config(args.config)
     fallback = config if args.config else None
     holder = ViewHolder()

@@ -34,6 +34,9 @@ from pipeline.serving.exploration import RULES, ExplorationRule
 __all__ = ["Limits", "Request", "RequestError", "parse_request"]
 
 
+_CANDIDATE_KEYS = frozenset({"item_id", "features"})
+
+
 class RequestError(StreamlearnError):
     """A request field is missing or wrong; ``field`` names it."""
 
@@ -85,7 +88,12 @@ def _features(value: Any, where: str, limits: Limits) -> dict[str, Any]:
     for name, v in value.items():
         if not name:
             raise RequestError(where, "feature names must be non-empty")
-        if isinstance(v, bool):
+        kind = type(v)
+        if kind is str:  # the common cases first: one type check each
+            out[name] = v
+        elif kind is float and math.isfinite(v):
+            out[name] = v
+        elif isinstance(v, bool):
             out[name] = "true" if v else "false"
         elif isinstance(v, str):
             out[name] = v
@@ -149,15 +157,19 @@ def parse_request(body: Any, limits: Limits | None = None, decide: bool = False)
         )
     ids, feats = [], []
     for j, cand in enumerate(candidates):
-        where = f"candidates[{j}]"
-        if isinstance(cand, dict):
-            extra = sorted(set(cand) - {"item_id", "features"})
-            if extra:
-                raise RequestError(f"{where}.{extra[0]}", "unknown field (known: item_id, features)")
-            ids.append(_id(cand.get("item_id"), f"{where}.item_id", limits))
-            feats.append(_features(cand.get("features"), f"{where}.features", limits))
+        if type(cand) is dict:
+            if not cand.keys() <= _CANDIDATE_KEYS:
+                extra = sorted(set(cand) - _CANDIDATE_KEYS)
+                raise RequestError(f"candidates[{j}].{extra[0]}", "unknown field (known: item_id, features)")
+            item = cand.get("item_id")
+            if type(item) is str and item and len(item) <= limits.max_id_chars:
+                ids.append(item)  # the common case, checked without building the field's name
+            else:
+                ids.append(_id(item, f"candidates[{j}].item_id", limits))
+            own = cand.get("features")
+            feats.append(_features(own, f"candidates[{j}].features", limits) if own else {})
         else:
-            ids.append(_id(cand, where, limits))
+            ids.append(_id(cand, f"candidates[{j}]", limits))
             feats.append({})
     if len(set(ids)) != len(ids):
         seen: set[str] = set()

@@ -16,6 +16,7 @@ and each item's propensity is the probability of its draw given the earlier slot
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -33,7 +34,15 @@ from pipeline.learners.base import Learner, StateBundle
 from pipeline.serving.exploration import ExplorationRule, draw_slate
 from pipeline.serving.requests import Request
 
-__all__ = ["Decision", "ModelVersion", "ModelView", "UnknownModelError", "ViewHolder", "request_events"]
+__all__ = [
+    "Decision",
+    "ModelVersion",
+    "ModelView",
+    "UnknownModelError",
+    "ViewHolder",
+    "request_events",
+    "requests_events",
+]
 
 #: how a scoring learner decides when the request names no exploration rule
 DEFAULT_EXPLORATION = ExplorationRule("epsilon_greedy", 0.1)
@@ -93,12 +102,27 @@ class Decision:
         }
 
 
-def _map_array(dicts: list[dict[str, Any]], value_type: pa.DataType) -> pa.Array:
-    offsets, keys, values = [0], [], []
-    for d in dicts:
-        keys.extend(d)
-        values.extend(d.values())
-        offsets.append(len(keys))
+def _split_features(
+    context: dict[str, Any], items: list[dict[str, Any]]
+) -> tuple[list[int], list[str], list[str], list[int], list[str], list[float]]:
+    """Map-array parts (offsets, keys, values) of the categorical and the numeric features of each
+    candidate: the context's features, overridden by the item's own."""
+    c_off, c_keys, c_vals, n_off, n_keys, n_vals = [0], [], [], [0], [], []
+    for own in items:
+        merged = {**context, **own} if own else context
+        for k, v in merged.items():
+            if type(v) is str:
+                c_keys.append(k)
+                c_vals.append(v)
+            else:
+                n_keys.append(k)
+                n_vals.append(v)
+        c_off.append(len(c_keys))
+        n_off.append(len(n_keys))
+    return c_off, c_keys, c_vals, n_off, n_keys, n_vals
+
+
+def _map(offsets: list[int], keys: list[str], values: list, value_type: pa.DataType) -> pa.Array:
     return pa.MapArray.from_arrays(
         pa.array(offsets, pa.int32()), pa.array(keys, pa.string()), pa.array(values, value_type)
     )
@@ -106,24 +130,40 @@ def _map_array(dicts: list[dict[str, Any]], value_type: pa.DataType) -> pa.Array
 
 def request_events(req: Request, item_ids: list[str], item_features: list[dict[str, Any]]) -> EventBatch:
     """One event per candidate: the user, the candidate, the context features merged with the item's."""
-    n = len(item_ids)
-    rid = req.request_id or "request"
-    merged = [{**req.features, **f} for f in item_features]
-    cats = [{k: v for k, v in m.items() if isinstance(v, str)} for m in merged]
-    nums = [{k: v for k, v in m.items() if not isinstance(v, str)} for m in merged]
-    null_str, null_int = pa.nulls(n, pa.string()), pa.nulls(n, pa.int64())
+    return requests_events([(req, item_ids, item_features)])
+
+
+def requests_events(parts: list[tuple[Request, list[str], list[dict[str, Any]]]]) -> EventBatch:
+    """:func:`request_events` of several requests, one after the other, as one batch."""
+    ids, users, request_ids, items = [], [], [], []
+    c_off, c_keys, c_vals, n_off, n_keys, n_vals = [0], [], [], [0], [], []
+    for req, item_ids, item_features in parts:
+        n = len(item_ids)
+        rid = req.request_id or "request"
+        ids.extend(f"{rid}:{j}" for j in range(n))
+        users.extend([req.user_id] * n)
+        request_ids.extend([req.request_id] * n)
+        items.extend(item_ids)
+        co, ck, cv, no, nk, nv = _split_features(req.features, item_features)
+        c_off.extend(o + len(c_keys) for o in co[1:])
+        n_off.extend(o + len(n_keys) for o in no[1:])
+        c_keys += ck
+        c_vals += cv
+        n_keys += nk
+        n_vals += nv
+    n = len(ids)
     columns = [
-        pa.array([f"{rid}:{j}" for j in range(n)], pa.string()),
+        pa.array(ids, pa.string()),
         pa.array(np.full(n, int(time.time() * 1000), np.int64)),
-        pa.array([req.user_id] * n, pa.string()),
-        pa.array(item_ids, pa.string()),
+        pa.array(users, pa.string()),
+        pa.array(items, pa.string()),
         pa.array(np.zeros(n)),
-        null_str,
-        null_int,
+        pa.nulls(n, pa.string()),
+        pa.nulls(n, pa.int64()),
         pa.nulls(n, pa.float64()),
-        pa.array([req.request_id] * n, pa.string()),
-        _map_array(cats, pa.string()),
-        _map_array(nums, pa.float64()),
+        pa.array(request_ids, pa.string()),
+        _map(c_off, c_keys, c_vals, pa.string()),
+        _map(n_off, n_keys, n_vals, pa.float64()),
         pa.array(np.arange(n, dtype=np.int64)),
     ]
     return EventBatch(pa.RecordBatch.from_arrays(columns, schema=EVENT_SCHEMA))
@@ -218,14 +258,38 @@ class ModelView:
 
     def score(self, req: Request) -> np.ndarray:
         """Each candidate's score (click/reward probability) from the request's model."""
-        learner = self.learner(req.model)
-        return np.asarray(learner.predict(self.features(req)), dtype=np.float64)
+        return self.score_many([req])[0]
 
-    def decide(self, req: Request, decision_id: str | None = None) -> Decision:
-        """``req.k`` items chosen from the candidates, with their propensities."""
+    def score_many(self, reqs: list[Request]) -> list[np.ndarray]:
+        """:meth:`score` of several requests of one model in one featurizer and model call.
+
+        Rows are scored independently, so each request gets the scores it would get alone; one
+        call pays the fixed cost of featurizing and predicting once (dynamic batching).
+        """
+        learners = {r.model for r in reqs}
+        if len(learners) != 1:
+            raise ValueError(f"score_many takes requests of one model, got {sorted(learners)}")
+        learner = self.learner(reqs[0].model)
+        batch = self.featurizer.transform(requests_events([(r, r.item_ids, r.item_features) for r in reqs]))
+        scores = np.asarray(learner.predict(batch), dtype=np.float64)
+        bounds = np.cumsum([0] + [len(r.item_ids) for r in reqs])
+        return [scores[a:b] for a, b in itertools.pairwise(bounds)]
+
+    def decides_by_itself(self, req: Request) -> bool:
+        """Whether the request's model is a bandit (it scores each decision itself)."""
+        return isinstance(self.learner(req.model), BanditPolicy)
+
+    def decide(
+        self, req: Request, decision_id: str | None = None, scores: np.ndarray | None = None
+    ) -> Decision:
+        """``req.k`` items chosen from the candidates, with their propensities.
+
+        ``scores`` are the request's scores when already computed (:meth:`score_many`) for a
+        learner that is not a bandit.
+        """
         learner = self.learner(req.model)
-        batch = self.features(req)
         if isinstance(learner, BanditPolicy):
+            batch = self.features(req)
             if req.exploration is not None:
                 raise ValueError(
                     f"{req.model} is a bandit: it explores with its own rule, not {req.exploration.name}"
@@ -237,7 +301,7 @@ class ModelView:
         else:
             rule = req.exploration or DEFAULT_EXPLORATION
             policy = f"{learner.kind}+{rule.label}"
-            scores_all = np.asarray(learner.predict(batch), dtype=np.float64)
+            scores_all = self.score(req) if scores is None else np.asarray(scores, dtype=np.float64)
             with self._rng_lock:
                 chosen, props = draw_slate(rule, scores_all, req.k, self._rng)
             scores = scores_all[chosen]
