@@ -25,7 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import compile_project, save, table
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("replay", "validate", "simulate", "state", "evaluate", "pretrain", "worker", "produce", "serve")
+COMMANDS = (
+    "replay",
+    "validate",
+    "simulate",
+    "state",
+    "evaluate",
+    "pretrain",
+    "worker",
+    "produce",
+    "serve",
+    "export",
+)
 
 
 def _cli() -> list[str]:

@@ -35,6 +35,7 @@ COMMANDS = (
     "consumers.commands.worker",
     "consumers.commands.produce",
     "consumers.commands.serve",
+    "consumers.commands.export",
 )
 
 
