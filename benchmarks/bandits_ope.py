@@ -56,7 +56,10 @@ class _Capture(PrequentialEvaluation):
 
 
 def _run(n: int, epsilon: float) -> dict:
-    sim = Simulator(seed=0, n_users=1000, n_items=ITEMS, n_candidates=ITEMS, epsilon=epsilon)
+    # every item is a candidate of every request, so the log's fixed set is the logger's own set
+    sim = Simulator(
+        seed=0, n_users=1000, n_items=ITEMS, n_candidates=ITEMS, epsilon=epsilon, log_candidates=False
+    )
     batches = list(sim.batches(n, chunk_size=500))
     env = sim.environment()
     contexts = [env.contexts(BLOCK_REQUESTS) for _ in range((n + BLOCK_REQUESTS - 1) // BLOCK_REQUESTS)]

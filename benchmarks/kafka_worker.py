@@ -80,7 +80,7 @@ def _config(bootstrap: str, topic: str, group: str, state_dir: Path, client: dic
 
 def prefill(bootstrap: str, topic: str, n: int, seed: int) -> dict:
     started = time.perf_counter()
-    sim = Simulator(SimConfig(seed=seed))
+    sim = Simulator(SimConfig(seed=seed, log_candidates=False))  # an interaction log, as measured before
     with KafkaWriter(bootstrap, topic, client={"acks": 1, "linger_ms": 20}) as writer:
         for chunk in sim.json_chunks(n):
             writer.send(chunk.lines, now=True)  # event time = send time: freshness = time in the backlog
@@ -151,7 +151,7 @@ def steady(bootstrap: str, topic: str, rate: int, seconds: float, seed: int, tmp
     n = int(rate * seconds)
     events = tmp / "steady.jsonl"
     with open(events, "wb") as fh:
-        for chunk in Simulator(SimConfig(seed=seed + 1)).json_chunks(n):
+        for chunk in Simulator(SimConfig(seed=seed + 1, log_candidates=False)).json_chunks(n):
             fh.write(b"\n".join(chunk.lines) + b"\n")
     probe = FreshnessProbe()
     worker = Worker(

@@ -23,15 +23,16 @@ The public face of :mod:`pipeline.simulation` (one module per concern there):
 Every event follows docs/design.md §3: ``event_id`` ``"e<n>"`` (``n`` = the valid event index), ``ts``
 (ms, increasing with exponential gaps; ``late_fraction`` of them out of order), ``user_id``
 ``"u<n>"``, ``item_id`` ``"i<n>"``, ``label`` 0/1, ``event_type`` ``"impression"``,
-``position``, ``propensity``, ``request_id`` ``"r<n>"`` and ``features`` ``{device, hour,
-price, category}``. The same seed gives the same stream, bit for bit.
+``position``, ``propensity``, ``request_id`` ``"r<n>"``, ``candidates`` (the request's candidate
+ids; ``log_candidates=False`` leaves them out) and ``features`` ``{device, hour, price, category}``.
+The same seed gives the same stream, bit for bit.
 
 Examples
 --------
 >>> sim = Simulator(seed=1, n_users=200, n_items=60, drifts=(Drift(2000, "popularity"),))
 >>> rows = next(sim.batches(3000)).to_pylist()
 >>> sorted(rows[0])
-['event_id', 'event_type', 'features', 'item_id', 'label', 'position', 'propensity', 'request_id', 'ts', 'user_id']
+['candidates', 'event_id', 'event_type', 'features', 'item_id', 'label', 'position', 'propensity', 'request_id', 'ts', 'user_id']
 >>> sorted(rows[0]["features"])
 ['category', 'device', 'hour', 'price']
 >>> sim.drift_points

@@ -24,7 +24,7 @@ WINDOW = 500
 
 
 def _stream(n: int = 1500, seed: int = 2) -> list[pa.RecordBatch]:
-    sim = Simulator(seed=seed, n_users=200, n_items=12, n_candidates=6)
+    sim = Simulator(seed=seed, n_users=200, n_items=12, n_candidates=6, log_candidates=False)
     return list(sim.batches(n, chunk_size=BATCH))
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from consumers.commands import evaluate
 from pipeline.simulate import Simulator
+from pipeline.simulation import to_json_lines
 from pipeline.simulation.stream import BLOCK_REQUESTS
 
 
@@ -300,8 +301,9 @@ def test_evaluate_linucb_csv_and_bootstrap_report_every_estimator(sim_log, tmp_p
 
 
 def test_evaluate_flags_a_mean_weight_far_from_one_when_requests_offered_few_items(tmp_path, capsys):
-    # the logging policy chose among 4 of 40 items per request, the target among all 40
-    sim = Simulator(seed=1, n_users=100, n_items=40, n_candidates=4)
+    # the logging policy chose among 4 of 40 items per request, the log does not say which 4,
+    # so the target chooses among all 40
+    sim = Simulator(seed=1, n_users=100, n_items=40, n_candidates=4, log_candidates=False)
     path = tmp_path / "log.parquet"
     pq.write_table(pa.Table.from_batches(list(sim.batches(2000))), path)
     config = tmp_path / "c.toml"
@@ -309,3 +311,28 @@ def test_evaluate_flags_a_mean_weight_far_from_one_when_requests_offered_few_ite
     report = _json([str(path), "--policy", "epsilon_greedy", "--config", str(config)], capsys)
     assert report["mean_weight"]["value"] == pytest.approx(4 / 40, rel=0.15)
     assert any(n.startswith("mean importance weight") for n in report["notes"])
+    assert any("without a candidates field" in n for n in report["notes"])
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_evaluate_scores_each_event_on_its_own_candidates(tmp_path, capsys, fmt):
+    # the same log with each request's 4 candidates written: a uniform target picks the logged
+    # item with probability exactly 1/4, so IPS is mean(r / (4 p)) and the mean weight is near 1
+    sim = Simulator(seed=1, n_users=100, n_items=40, n_candidates=4)
+    table = pa.Table.from_batches(list(sim.batches(2000)))
+    path = tmp_path / f"log.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(table, path)
+    else:
+        path.write_bytes(b"\n".join(to_json_lines(table.combine_chunks().to_batches()[0])) + b"\n")
+    config = tmp_path / "c.toml"
+    config.write_text('[[learners]]\nkind = "epsilon_greedy"\nparams = {dim = 2, epsilon = 1.0}\n')
+    report = _json([str(path), "--policy", "epsilon_greedy", "--config", str(config)], capsys)
+    r = table.column("label").to_numpy()
+    p = table.column("propensity").to_numpy()
+    ips = report["estimates"]["IPS"]
+    assert ips["value"] == pytest.approx(float(np.mean(r / (4 * p))), rel=1e-9)
+    assert report["mean_weight"]["value"] == pytest.approx(1.0, abs=0.1)
+    assert not any(n.startswith("mean importance weight") for n in report["notes"])
+    assert "candidates: each event's own set for 2000 evaluated events (4 items)" in report["notes"]
+    assert report["target"]["events_on_own_candidates"] == 2000

@@ -18,11 +18,15 @@ configuration); invalid records are counted and skipped. The target is one of:
     (:class:`~pipeline.learners.bandits.offpolicy.PrequentialEvaluation`); then it learns from
     every event of the batch.
 
-    * Candidates: every item of a valid event of the log, or its ``--candidates N`` most frequent
-      (ties by id), fixed for the whole run — found by a first pass over the log. A logged item
-      outside them has target probability 0. The logging propensities must refer to the same
-      set: where the logging policy chose among per-request subsets that the log does not
-      record, IPS estimates ``Σ_a π(a|x) P(a offered) r(x, a)``, not the policy's value.
+    * Candidates: an event's own ``candidates`` field where the log has one (the set the logging
+      policy chose from: the serving decision log and the simulator write it), so the target
+      decides among exactly what the logger decided among. Events without one use every item of
+      a valid event of the log, or its ``--candidates N`` most frequent (ties by id), fixed for
+      the whole run — found by a first pass over the log; a logged item outside them has target
+      probability 0. The logging propensities must refer to the same set: where the logging
+      policy chose among per-request subsets that the log does not record, IPS estimates
+      ``Σ_a π(a|x) P(a offered) r(x, a)``, not the policy's value (a note says how many events
+      were evaluated that way).
     * Target probability of the logged item: the probability that the policy picks it
       (:meth:`~pipeline.learners.bandits.BanditPolicy.distribution`): 1 or 0 for the
       deterministic LinUCB and Diag-LinUCB (IPS and DR stay unbiased; only events where the
@@ -117,8 +121,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "IPS, SNIPS and doubly robust with confidence intervals and effective sample size, and the "
         "replay estimator for uniformly random logs. The target is a bandit policy learned "
         "prequentially over the log (--policy) or a table of probabilities (--target-probs).",
-        epilog="With --policy the candidates are every item of the log (or its --candidates N most "
-        "frequent), fixed for the run; the policy's top-1 distribution over them is taken before it "
+        epilog="With --policy each event is evaluated on its own candidates field where the log has "
+        "one (the set the logging policy chose from), else on every item of the log (or its "
+        "--candidates N most frequent), fixed for the run; the policy's top-1 distribution over them is taken before it "
         "learns each batch; only position-0 events are evaluated; deterministic policies (LinUCB) "
         "give probability 1 to their choice and 0 elsewhere; DR uses the policy's own reward "
         "estimates. With --target-probs: column pi_e (one row per valid event, log order; DR "
@@ -156,7 +161,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     p.add_argument("--max-weight", type=float, metavar="W", help="clip importance weights at W")
     p.add_argument(
-        "--candidates", type=positive_int, metavar="N", help="--policy: the N most frequent items only"
+        "--candidates",
+        type=positive_int,
+        metavar="N",
+        help="--policy: events without a candidates field choose among the N most frequent items only",
     )
     p.add_argument("--seed", type=int, help="seed of the random draws (default: the config's seed)")
     p.set_defaults(func=run)
@@ -270,8 +278,7 @@ def _policy_rounds(args, config: Config, seed: int):
             f"the log changed while it was read ({counts['valid']} then {len(rec['reward'])} events)"
         )
     scope = rec["position"] <= 0
-    which = f"the {len(candidates)} most frequent items" if args.candidates else "every item"
-    notes = [f"candidates: {which} of the log ({len(candidates)})"]
+    notes = _candidate_notes(rec, scope, candidates, args.candidates)
     if (~scope).any():
         notes.append(f"{int((~scope).sum())} events at position > 0 learned but not evaluated")
     missed = int((scope & (rec["candidate"] < 0)).sum())
@@ -292,8 +299,36 @@ def _policy_rounds(args, config: Config, seed: int):
         "kind": policy.kind,
         "params": policy.params(),
         "candidates": len(candidates),
+        "events_on_own_candidates": int((rec["own_candidates"] & scope).sum()),
     }
     return rounds, counts, target, notes
+
+
+def _candidate_notes(rec, scope, candidates: list, limited: int | None) -> list[str]:
+    """What the evaluated events were evaluated on: their own candidate sets, the fixed set, or both."""
+    import numpy as np
+
+    own = rec["own_candidates"] & scope
+    rest = int((scope & ~rec["own_candidates"]).sum())
+    notes = []
+    if own.any():
+        sizes = rec["n_candidates"][own]
+        low, high = int(sizes.min()), int(sizes.max())
+        span = f"{low}" if low == high else f"{low} to {high}, median {int(np.median(sizes))}"
+        notes.append(f"candidates: each event's own set for {int(own.sum())} evaluated events ({span} items)")
+    if rest or not own.any():
+        which = f"the {len(candidates)} most frequent items" if limited else "every item"
+        head = "candidates" if not own.any() else "the other"
+        notes.append(
+            f"{head}: {which} of the log ({len(candidates)})"
+            + (f" for {rest} evaluated events without a candidates field" if own.any() else "")
+        )
+        if rest:
+            notes.append(
+                "events without a candidates field are scored against a fixed set: if their logger "
+                "chose among fewer items, the estimates are not the policy's value there"
+            )
+    return notes
 
 
 def _build_policy(name: str, config: Config, seed: int) -> BanditPolicy:

@@ -157,6 +157,12 @@ def register(subparsers) -> None:
     p.add_argument("--candidates", type=int, default=d.n_candidates, help="candidates per request")
     p.add_argument("--slate-size", type=int, default=d.slate_size, help="items shown per request (default 1)")
     p.add_argument(
+        "--no-candidates",
+        dest="log_candidates",
+        action="store_false",
+        help="leave out each event's candidates field (the item ids its request chose among)",
+    )
+    p.add_argument(
         "--drift",
         action="append",
         metavar="SPEC",
@@ -247,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
             late_fraction=args.late_fraction,
             drifts=drifts,
             run_id=_run_id(args),
+            log_candidates=args.log_candidates,
         )
     except ConfigError as exc:
         return _usage_error(f"argument --drift: {exc}")

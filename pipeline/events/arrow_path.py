@@ -9,6 +9,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.events.candidates import arrow_candidates, mark_inconsistent_candidates
 from pipeline.events.checks import (
     _TS_DETAIL,
     _check_features,
@@ -269,6 +270,8 @@ def decode_arrow(batch: pa.RecordBatch, rules: EventRules) -> tuple[EventBatch, 
     propensity, has_prop = _arrow_number(batch, "propensity", inv, required=False)
     _mark_propensity_range(inv, propensity, has_prop)
     request_id = _arrow_optional_str(batch, "request_id", inv)
+    candidates = arrow_candidates(batch, inv)
+    mark_inconsistent_candidates(inv, item_id, candidates)
     cat, num = _arrow_features(batch, inv)
     out = (
         pa.RecordBatch.from_arrays(
@@ -282,6 +285,7 @@ def decode_arrow(batch: pa.RecordBatch, rules: EventRules) -> tuple[EventBatch, 
                 pa.array(position, type=pa.int64(), mask=~has_pos),
                 pa.array(propensity, type=pa.float64(), mask=~has_prop),
                 request_id,
+                candidates,
                 cat,
                 num,
                 pa.array(np.arange(n, dtype=np.int64)),

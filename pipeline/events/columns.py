@@ -13,6 +13,8 @@ ids                ``event_id``, ``user_id``, ``item_id``, ``request_id``: strin
                    UTC), a date (midnight UTC), or RFC 3339 strings (no offset: UTC)
 ``position``       integer (floats that are whole numbers too)
 ``propensity``     float or integer
+``candidates``     a list of strings, integers or dictionary strings
+                   (:mod:`pipeline.events.candidates`)
 features           a struct column ``features`` and every other column that is not an event
                    field (*flat feature columns*): strings, dictionaries and booleans
                    (``"true"``/``"false"``) are categorical, numbers numeric; columns of
@@ -55,6 +57,7 @@ EVENT_FIELDS = (
     "position",
     "propensity",
     "request_id",
+    "candidates",
     "features",
 )
 REQUIRED_FIELDS = ("event_id", "ts", "user_id", "item_id", "label")
@@ -84,6 +87,10 @@ _USABLE = {
     ),
     "position": lambda t: _is_number(t) or pa.types.is_null(t),
     "propensity": lambda t: _is_number(t) or pa.types.is_null(t),
+    "candidates": lambda t: (
+        ((pa.types.is_list(t) or pa.types.is_large_list(t)) and _usable_id(t.value_type))
+        or pa.types.is_null(t)
+    ),
     "features": lambda t: pa.types.is_struct(t) or pa.types.is_map(t) or _is_text(t) or pa.types.is_null(t),
 }
 _EXPECTED = {
@@ -91,6 +98,7 @@ _EXPECTED = {
     "ts": "an integer or float in events.ts_unit, a timestamp, a date or RFC 3339 strings",
     "position": "an integer",
     "propensity": "a number",
+    "candidates": "a list of strings or integers",
     "features": "a struct (one field per feature)",
 }
 

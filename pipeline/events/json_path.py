@@ -11,6 +11,11 @@ import pyarrow as pa
 import pyarrow.json as pajson
 
 from pipeline.events.arrow_path import decode_arrow
+from pipeline.events.candidates import (
+    CANDIDATES_TYPE,
+    check_candidate_values,
+    mark_inconsistent_candidates,
+)
 from pipeline.events.checks import (
     _check_features,
     _check_number,
@@ -77,7 +82,10 @@ def decode_json(values: Sequence[bytes], rules: EventRules) -> tuple[EventBatch,
     propensity, has_prop = _check_number(objs, "propensity", inv, required=False)
     _mark_propensity_range(inv, propensity, has_prop)
     cols["request_id"] = _check_optional_str(objs, "request_id", inv, integers=True)
+    candidates = check_candidate_values(objs, inv)
     cat, num = _check_features(objs, inv, rules)
+    item_id = _strings(cols["item_id"], inv.bad)
+    mark_inconsistent_candidates(inv, item_id, candidates)
 
     keep = np.flatnonzero(~inv.bad)
     bad = inv.bad
@@ -85,12 +93,13 @@ def decode_json(values: Sequence[bytes], rules: EventRules) -> tuple[EventBatch,
         _strings(cols["event_id"], bad),
         pa.array(cols["ts"], type=pa.int64()),
         _strings(cols["user_id"], bad),
-        _strings(cols["item_id"], bad),
+        item_id,
         pa.array(label, type=pa.float64()),
         _strings(etype, bad),
         pa.array(position, type=pa.int64(), mask=~has_pos),
         pa.array(propensity, type=pa.float64(), mask=~has_prop),
         _strings(cols["request_id"], bad),
+        candidates,
         _map_array(*cat, pa.string()),
         _map_array(*num, pa.float64()),
         pa.array(np.arange(n, dtype=np.int64)),
@@ -113,6 +122,7 @@ _JSON_SCHEMA = pa.schema(
         ("position", pa.int64()),
         ("propensity", pa.float64()),
         ("request_id", pa.string()),
+        ("candidates", CANDIDATES_TYPE),
     ]
 )
 

@@ -36,6 +36,7 @@ EVENT_SCHEMA = pa.schema(
         pa.field("position", pa.int64()),
         pa.field("propensity", pa.float64()),
         pa.field("request_id", pa.string()),
+        pa.field("candidates", pa.list_(pa.string())),
         pa.field("cat_features", pa.map_(pa.string(), pa.string())),
         pa.field("num_features", pa.map_(pa.string(), pa.float64())),
         pa.field("row", pa.int64(), nullable=False),
@@ -105,8 +106,15 @@ class EventBatch:
 
     def __init__(self, table: pa.RecordBatch):
         if table.schema != EVENT_SCHEMA:
+            names = table.schema.names
             table = pa.RecordBatch.from_arrays(
-                [table.column(f.name).cast(f.type) for f in EVENT_SCHEMA], schema=EVENT_SCHEMA
+                [
+                    table.column(f.name).cast(f.type)
+                    if f.name in names or not f.nullable
+                    else pa.nulls(table.num_rows, f.type)  # an optional field added since
+                    for f in EVENT_SCHEMA
+                ],
+                schema=EVENT_SCHEMA,
             )
         self.table = table
         self._cache: dict[str, np.ndarray] = {}
@@ -146,6 +154,11 @@ class EventBatch:
     def propensity(self) -> np.ndarray:
         """Logging propensity, NaN where absent."""
         return self._numeric("propensity", math.nan)
+
+    @property
+    def candidates(self) -> pa.ListArray:
+        """Each event's candidate item ids (list<string>, null where the event does not say)."""
+        return self.table.column("candidates")
 
     @property
     def row(self) -> np.ndarray:

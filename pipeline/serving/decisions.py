@@ -11,8 +11,9 @@ joined to them and off-policy evaluation knows what the policy could have chosen
      "candidates": ["i3", "i7", "i9"]}
 
 ``label`` is 0 (an exposure has no outcome yet), ``position`` the slot, ``propensity`` the
-probability of the draw given the earlier slots. The fields after ``features`` are extra to the
-event schema; decoders ignore them, so the records can be replayed as they are.
+probability of the draw given the earlier slots, ``candidates`` the request's items (the event
+schema's optional field: off-policy evaluation decides among exactly these). The other fields after
+``features`` are extra to the event schema; decoders ignore them, so the records replay as they are.
 """
 
 from __future__ import annotations

@@ -162,6 +162,7 @@ def requests_events(parts: list[tuple[Request, list[str], list[dict[str, Any]]]]
         pa.nulls(n, pa.int64()),
         pa.nulls(n, pa.float64()),
         pa.array(request_ids, pa.string()),
+        pa.nulls(n, pa.list_(pa.string())),
         _map(c_off, c_keys, c_vals, pa.string()),
         _map(n_off, n_keys, n_vals, pa.float64()),
         pa.array(np.arange(n, dtype=np.int64)),

@@ -166,6 +166,9 @@ class SimConfig:
         Prefix of every ``event_id`` and ``request_id`` (``"<run_id>-e<n>"``), so that two runs
         into one topic do not repeat each other's ids; empty: ``"e<n>"``. ``streamlearn simulate``
         draws a fresh one per run unless given ``--run-id``.
+    log_candidates
+        Write each event's ``candidates`` (the item ids its request's logging policy chose among),
+        so that off-policy evaluation knows the real decision (``streamlearn evaluate --policy``).
     """
 
     seed: int = 0
@@ -189,6 +192,7 @@ class SimConfig:
     max_lateness_ms: int = 60_000
     drifts: tuple[Drift, ...] = field(default_factory=tuple)
     run_id: str = ""
+    log_candidates: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "drifts", tuple(sorted(self.drifts, key=lambda d: d.at_event)))

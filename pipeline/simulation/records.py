@@ -43,6 +43,7 @@ SIM_SCHEMA = pa.schema(
         pa.field("position", pa.int64()),
         pa.field("propensity", pa.float64()),
         pa.field("request_id", pa.string()),
+        pa.field("candidates", pa.list_(pa.string())),
         pa.field("features", FEATURES_TYPE),
     ]
 )
@@ -93,6 +94,7 @@ def build_batch(
         if propensities is None
         else pa.array(propensities.ravel(), pa.float64()),
         _join(run + "r", rep(ctx.request)),
+        _candidates(world, ctx.candidates, k) if world.config.log_candidates else pa.nulls(n * k, _LIST),
         features,
     ]
     schema = SIM_SCHEMA
@@ -100,6 +102,17 @@ def build_batch(
         arrays += [pa.array(truth[f.name].ravel(), pa.float64()) for f in TRUTH_FIELDS]
         schema = pa.schema([*SIM_SCHEMA, *TRUTH_FIELDS])
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+_LIST = pa.list_(pa.string())
+
+
+def _candidates(world: World, candidates: np.ndarray, k: int) -> pa.ListArray:
+    """The request's candidate ids on each of its ``k`` events, as a list column."""
+    n, m = candidates.shape
+    per_event = candidates if k == 1 else np.repeat(candidates, k, axis=0)
+    offsets = pa.array(np.arange(n * k + 1, dtype=np.int32) * m, pa.int32())
+    return pa.ListArray.from_arrays(offsets, world.item_ids(per_event.ravel()))
 
 
 def _text(col: pa.Array) -> pa.Array:
@@ -120,7 +133,13 @@ def _json_safe(batch: pa.RecordBatch) -> bool:
     feats = batch.column("features")
     strings = [batch.column(f.name) for f in SIM_SCHEMA if f.type == pa.string()]
     strings += [feats.field(f.name) for f in FEATURES_TYPE if f.type == pa.string()]
-    names = [f.name for f in SIM_SCHEMA] + [f.name for f in TRUTH_FIELDS if f.name in batch.schema.names]
+    names = [f.name for f in SIM_SCHEMA if f.name != "candidates"]
+    names += [f.name for f in TRUTH_FIELDS if f.name in batch.schema.names]
+    listed = batch.column("candidates")
+    if listed.null_count not in (0, len(listed)):
+        return False
+    if listed.null_count == 0:
+        strings.append(pc.list_flatten(listed))
     if any(batch.column(n).null_count for n in names) or any(
         feats.field(i).null_count for i in range(feats.type.num_fields)
     ):
@@ -147,6 +166,12 @@ def to_json_lines(batch: pa.RecordBatch) -> list[bytes]:
     glue = "{"  # the text between the previous value and the next key
     for f in SIM_SCHEMA:
         if f.name == "features":
+            continue
+        if f.name == "candidates":
+            if batch.column("candidates").null_count == 0:
+                listed = pc.binary_join(batch.column("candidates"), '","')
+                parts += [f'{glue}"candidates":["', listed]
+                glue = '"],'
             continue
         quote = '"' if f.type == pa.string() else ""
         parts += [f'{glue}"{f.name}":{quote}', _text(batch.column(f.name))]

@@ -12,8 +12,9 @@
 :meth:`PolicyMonitor.evaluate` makes the rounds of a batch just before the policy learns it, at
 a bounded cost whatever the batch size and catalogue: at most :data:`GAUGE_SAMPLE` events (a
 uniform sample of those with a logging propensity at position 0 or without a position, since the
-policy chooses one item), against the :data:`GAUGE_CANDIDATES` most-pulled arms (a logged item
-outside them gets target probability 0), with about :data:`GAUGE_MC_BUDGET` Monte-Carlo draws
+policy chooses one item), each against its own ``candidates`` where the event names them (the set
+the logging policy chose from), else against the :data:`GAUGE_CANDIDATES` most-pulled arms (a
+logged item outside them gets target probability 0), with about :data:`GAUGE_MC_BUDGET` Monte-Carlo draws
 in all for Thompson sampling. Rounds carry the index of their event among the learned ones, so
 that a sample still reports over exactly the last ``window`` events. Both windows are plain
 arrays cut to size on every append (O(window) per batch, no per-event work).
@@ -40,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import SnapshotError
+from pipeline.events.candidates import candidate_groups
 from pipeline.features import FeatureBatch
 from pipeline.learners.checks import integer
 from pipeline.ope import SNIPS, LoggedBandit, OffPolicyEstimator
@@ -91,7 +93,8 @@ class PolicyMonitor:
     def evaluate(self, policy: BanditPolicy, batch: FeatureBatch, X: np.ndarray, rows: np.ndarray) -> None:
         """Add the rounds of ``batch`` as ``policy`` sees them now (call it before it learns the batch).
 
-        ``X`` are the policy's contexts of the batch and ``rows`` the logged items' arm rows.
+        ``X`` are the policy's contexts of the batch and ``rows`` the logged items' arm rows. An
+        event with its own ``candidates`` is evaluated on that set, the others on the most-pulled arms.
         """
         p = batch.events.propensity
         idx = np.flatnonzero(np.isfinite(p) & (p > 0) & (p <= 1) & (batch.events.position <= 0))
@@ -100,13 +103,29 @@ class PolicyMonitor:
         rng = policy._eval_rng()
         if len(idx) > GAUGE_SAMPLE:
             idx = np.sort(rng.choice(idx, GAUGE_SAMPLE, replace=False))
-        cand = _top_arms(policy._pulls[: policy.n_arms], GAUGE_CANDIDATES)
-        column = np.full(policy.n_arms, -1, np.int64)
-        column[cand] = np.arange(len(cand))
-        where = column[rows[idx]]
-        n_mc = int(np.clip(GAUGE_MC_BUDGET // (len(idx) * max(len(cand), 1)), 1, 32))
-        probs, _ = policy._distribution(X[idx], cand, rng, n_mc)
-        target = np.where(where >= 0, probs[np.arange(len(idx)), np.maximum(where, 0)], 0.0)
+        target = np.zeros(len(idx))
+        own = np.zeros(len(idx), bool)
+        listed = batch.events.candidates
+        if listed.null_count < len(listed):
+            sample = listed.take(pa.array(idx))
+            items = None
+            for at, ids in candidate_groups(sample):
+                if items is None:
+                    items = np.asarray(batch.events.column("item_id").take(pa.array(idx)).to_pylist(), object)
+                where = (ids == items[at][:, None]).argmax(axis=1)
+                n_mc = int(np.clip(GAUGE_MC_BUDGET // (len(idx) * ids.shape[1]), 1, 32))
+                probs, _ = policy.distribution(X[idx[at]], ids, rng, n_mc)
+                target[at] = probs[np.arange(len(at)), where]
+                own[at] = True
+        rest = np.flatnonzero(~own)
+        if len(rest):
+            cand = _top_arms(policy._pulls[: policy.n_arms], GAUGE_CANDIDATES)
+            column = np.full(policy.n_arms, -1, np.int64)
+            column[cand] = np.arange(len(cand))
+            where = column[rows[idx[rest]]]
+            n_mc = int(np.clip(GAUGE_MC_BUDGET // (len(idx) * max(len(cand), 1)), 1, 32))
+            probs, _ = policy._distribution(X[idx[rest]], cand, rng, n_mc)
+            target[rest] = np.where(where >= 0, probs[np.arange(len(rest)), np.maximum(where, 0)], 0.0)
         self.add_rounds(idx, batch.labels[idx], p[idx], target)
 
     def _prune(self) -> None:

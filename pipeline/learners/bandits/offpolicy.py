@@ -4,7 +4,8 @@
 so that a log is read, validated, deduplicated and featurised exactly as a replay does. For every
 micro-batch, *before* the policy learns it, :meth:`~PrequentialEvaluation.predict` records what
 the policy would have done with each logged context: its probability of choosing the logged item
-among a fixed candidate set (:meth:`BanditPolicy.distribution`), its reward estimates (the reward
+among the event's own ``candidates`` where the log names them (the set the logging policy chose
+from), else among a fixed set (:meth:`BanditPolicy.distribution`), its reward estimates (the reward
 model of doubly robust estimates: ``q̂`` of the logged item and ``Σ_a π(a|x) q̂(x, a)``), and one
 choice drawn from that distribution (for the replay estimator). Then the policy learns the batch
 from every logged event, as it would online. :meth:`~PrequentialEvaluation.rounds` returns the
@@ -29,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.events.candidates import candidate_groups
 from pipeline.features import FeatureBatch
 from pipeline.learners.bandits.arms import ArmTable
 from pipeline.learners.bandits.base import BanditPolicy
@@ -44,7 +46,18 @@ __all__ = [
 
 _TARGET_SCHEMA = pa.schema([("item_id", pa.string()), ("position", pa.int64()), ("prob", pa.float64())])
 
-_COLUMNS = ("reward", "pscore", "position", "candidate", "target_prob", "q_hat", "q_target", "choice")
+_COLUMNS = (
+    "reward",
+    "pscore",
+    "position",
+    "candidate",
+    "target_prob",
+    "q_hat",
+    "q_target",
+    "choice",
+    "n_candidates",
+)
+_INTEGER = frozenset({"position", "candidate", "choice", "n_candidates"})
 
 
 def sample_choices(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -62,7 +75,8 @@ class PrequentialEvaluation(Learner):
     policy
         The policy to evaluate (it learns; pass a fresh one).
     candidates
-        Item ids the policy chooses among, the same for every event (``[m]``, m >= 1).
+        Item ids the policy chooses among where an event does not name its own ``candidates``
+        (``[m]``, m >= 1).
     seed
         Seeds the draws (replay choices, Thompson sampling's Monte-Carlo probabilities).
     n_mc
@@ -85,32 +99,49 @@ class PrequentialEvaluation(Learner):
         self.n_mc = n_mc
         self._lookup = ArmTable(list(self.candidates))  # same hash namespace as FeatureBatch.item_hash
         self._rng = np.random.default_rng(seed)
-        self._parts: dict[str, list[np.ndarray]] = {c: [] for c in _COLUMNS}
+        self._parts: dict[str, list[np.ndarray]] = {c: [] for c in (*_COLUMNS, "own_candidates")}
 
     def predict(self, batch: FeatureBatch) -> np.ndarray:
-        """Record the policy's distribution over the candidates for every event, then its predictions."""
+        """Record the policy's distribution over each event's candidates, then its predictions.
+
+        An event that carries ``candidates`` is evaluated on exactly that set (the logged
+        decision); the others on the fixed ``candidates`` given to the constructor.
+        """
         n = len(batch)
         if n:
             X = self.policy.batch_contexts(batch)
-            probs, means = self.policy.distribution(X, self.candidates, self._rng, self.n_mc)
-            means = np.clip(means, 0.0, 1.0)  # as predict does: rewards are click probabilities
-            where = self._lookup.find(batch.item_hash)
-            hit = where >= 0
-            rows, col = np.arange(n), np.maximum(where, 0)
-            p = batch.events.propensity
-            record = {
-                "reward": np.asarray(batch.labels, np.float64),
-                "pscore": p,
-                "position": batch.events.position,
-                "candidate": where,
-                "target_prob": np.where(hit, probs[rows, col], 0.0),
-                "q_hat": np.where(hit, means[rows, col], 0.0),  # weight 0 when missed: any value does
-                "q_target": (probs * means).sum(axis=1),
-                "choice": sample_choices(probs, self._rng),
-            }
-            for c in _COLUMNS:
-                self._parts[c].append(np.asarray(record[c]).copy())
+            record = {c: np.empty(n, np.int64 if c in _INTEGER else np.float64) for c in _COLUMNS}
+            record["reward"][:] = batch.labels
+            record["pscore"][:] = batch.events.propensity
+            record["position"][:] = batch.events.position
+            own = np.zeros(n, bool)
+            items = None
+            for rows, ids in candidate_groups(batch.events.candidates):
+                if items is None:
+                    items = np.asarray(batch.events.column("item_id").to_numpy(zero_copy_only=False), object)
+                where = (ids == items[rows][:, None]).argmax(axis=1)  # present: the decoder checks it
+                self._record(record, rows, X[rows], ids, where, len(ids[0]))
+                own[rows] = True
+            rest = np.flatnonzero(~own)
+            if len(rest):
+                where = self._lookup.find(batch.item_hash[rest])
+                self._record(record, rest, X[rest], self.candidates, where, len(self.candidates))
+            record["own_candidates"] = own
+            for c in (*_COLUMNS, "own_candidates"):
+                self._parts[c].append(record[c])
         return self.policy.predict(batch)
+
+    def _record(self, record, rows, X, candidates, where, m) -> None:
+        probs, means = self.policy.distribution(X, candidates, self._rng, self.n_mc)
+        means = np.clip(means, 0.0, 1.0)  # as predict does: rewards are click probabilities
+        hit = where >= 0
+        at, col = np.arange(len(rows)), np.maximum(where, 0)
+        record["candidate"][rows] = where
+        record["target_prob"][rows] = np.where(hit, probs[at, col], 0.0)
+        record["q_hat"][rows] = np.where(hit, means[at, col], 0.0)  # weight 0 when missed: any value does
+        record["q_target"][rows] = (probs * means).sum(axis=1)
+        record["choice"][rows] = sample_choices(probs, self._rng)
+        record["n_candidates"][rows] = m
 
     def learn(self, batch: FeatureBatch, predictions: np.ndarray) -> None:
         self.policy.learn(batch, predictions)
@@ -123,12 +154,13 @@ class PrequentialEvaluation(Learner):
 
     def records(self) -> dict[str, np.ndarray]:
         """Every recorded event in log order: ``reward``, ``pscore`` (NaN if not logged), ``position``
-        (-1 if not logged), ``candidate`` (the logged item's index in the candidates, -1 if absent),
-        ``target_prob``, ``q_hat``, ``q_target`` and ``choice`` (a candidate index drawn from the
-        policy's distribution)."""
+        (-1 if not logged), ``candidate`` (the logged item's index in the event's candidates, -1 if
+        absent), ``target_prob``, ``q_hat``, ``q_target``, ``choice`` (a candidate index drawn from
+        the policy's distribution), ``n_candidates`` (the size of the set it was evaluated on) and
+        ``own_candidates`` (True where that set was the event's own ``candidates``)."""
+        empty = {"own_candidates": bool, **{c: np.int64 for c in _INTEGER}}
         return {
-            c: np.concatenate(v) if v else np.zeros(0, np.int64 if c in ("candidate", "choice") else float)
-            for c, v in self._parts.items()
+            c: np.concatenate(v) if v else np.zeros(0, empty.get(c, float)) for c, v in self._parts.items()
         }
 
 
