@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from consumers.commands.common import positive_float, positive_int
@@ -73,17 +74,30 @@ def view_from_snapshot(manifest: dict, bundles: dict, fallback: Config | None = 
 class SnapshotFollower:
     """Swaps the newest valid snapshot of ``state_dir`` into ``holder`` whenever there is a newer one."""
 
-    def __init__(self, state_dir: str, holder, fallback: Config | None = None, poll_s: float = 1.0):
+    def __init__(
+        self,
+        state_dir: str,
+        holder,
+        fallback: Config | None = None,
+        poll_s: float = 1.0,
+        announce: Callable[[str], None] | None = None,
+    ):
         from state.snapshot import SnapshotStore
 
         self.store = SnapshotStore(state_dir)
         self.holder, self.fallback, self.poll_s = holder, fallback, poll_s
+        self.announce = announce or (lambda line: print(f"serve: {line}", file=sys.stderr))
         self.seq: int | None = None
+        self._lock = threading.Lock()  # a caller's refresh and the thread's never load one snapshot twice
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def refresh(self) -> bool:
         """Load a newer snapshot if there is one; True when the view was swapped."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         seqs = self.store.seqs()
         if not seqs or (self.seq is not None and seqs[-1] <= self.seq):
             return False
@@ -93,9 +107,7 @@ class SnapshotFollower:
         manifest, bundles = found
         self.holder.swap(view_from_snapshot(manifest, bundles, self.fallback))
         self.seq = int(manifest["seq"])
-        print(
-            f"serve: snapshot {self.seq:08d} ({manifest['events_applied']:,} events) loaded", file=sys.stderr
-        )
+        self.announce(f"snapshot {self.seq:08d} ({manifest['events_applied']:,} events) loaded")
         return True
 
     def start(self) -> SnapshotFollower:
@@ -108,7 +120,7 @@ class SnapshotFollower:
             try:
                 self.refresh()
             except Exception as exc:  # a snapshot the replica cannot use: keep serving the one it has
-                print(f"serve: newer snapshot not loaded: {exc}", file=sys.stderr)
+                self.announce(f"newer snapshot not loaded: {exc}")
 
     def stop(self) -> None:
         self._stop.set()
