@@ -25,10 +25,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.events.checks import _describe, _Invalid
+from pipeline.events.checks import _describe, _Invalid, _one
+from pipeline.events.columns import _usable_id
 from pipeline.events.reasons import OUT_OF_RANGE, WRONG_TYPE
 
-__all__ = ["CANDIDATES_TYPE", "MAX_CANDIDATES", "candidate_groups", "check_candidate_values"]
+__all__ = [
+    "CANDIDATES_TYPE",
+    "MAX_CANDIDATES",
+    "candidate_groups",
+    "check_candidate_values",
+    "logged_candidate_groups",
+]
 
 CANDIDATES_TYPE = pa.list_(pa.string())
 #: most ids one event's candidate set may hold (a serving request's limit is lower by default)
@@ -72,12 +79,6 @@ def _list_error(c) -> tuple[str, str] | None:
     return None
 
 
-def _one(n: int, i: int) -> np.ndarray:
-    m = np.zeros(n, bool)
-    m[i] = True
-    return m
-
-
 def arrow_candidates(batch: pa.RecordBatch, inv: _Invalid) -> pa.ListArray:
     """The ``candidates`` column of a columnar batch as list<string>, or all nulls without one."""
     n = batch.num_rows
@@ -85,7 +86,7 @@ def arrow_candidates(batch: pa.RecordBatch, inv: _Invalid) -> pa.ListArray:
         return pa.nulls(n, CANDIDATES_TYPE)
     col = batch.column("candidates")
     t = col.type
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not _usable_entry(t.value_type):
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not _usable_id(t.value_type):
         inv.mark(np.ones(n, bool), WRONG_TYPE, f"field 'candidates' must be {_WHAT}, got column type {t}")
         return pa.nulls(n, CANDIDATES_TYPE)
     if pa.types.is_dictionary(t.value_type):
@@ -100,25 +101,11 @@ def arrow_candidates(batch: pa.RecordBatch, inv: _Invalid) -> pa.ListArray:
         OUT_OF_RANGE,
         lambda i: f"field 'candidates' must hold 1 to {MAX_CANDIDATES} ids, got {lengths[i]}",
     )
-    flat = pc.list_flatten(col)
-    if flat.null_count:
-        parents = pc.list_parent_indices(col).to_numpy()
-        holes = np.zeros(n, bool)
-        holes[parents[np.asarray(flat.is_null())]] = True
-        inv.mark(holes, WRONG_TYPE, _NULL_ENTRY)
-    return col
-
-
-def _usable_entry(t: pa.DataType) -> bool:
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    return (
-        pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) or pa.types.is_null(t)
-    )
+    return col  # null entries: mark_inconsistent_candidates, which flattens the lists anyway
 
 
 def mark_inconsistent_candidates(inv: _Invalid, item_id: pa.Array, candidates: pa.ListArray) -> None:
-    """Mark events whose candidates repeat an id or leave out the event's own ``item_id``."""
+    """Mark events whose candidates hold a null, repeat an id or leave out the event's own ``item_id``."""
     if candidates.null_count == len(candidates):
         return
     n = len(candidates)
@@ -126,9 +113,13 @@ def mark_inconsistent_candidates(inv: _Invalid, item_id: pa.Array, candidates: p
     flat = pc.list_flatten(candidates)
     if not len(flat):
         return
+    p = parents.to_numpy()
+    if flat.null_count:
+        holes = np.zeros(n, bool)
+        holes[p[np.asarray(flat.is_null())]] = True
+        inv.mark(holes, WRONG_TYPE, _NULL_ENTRY)
     own = pc.equal(flat, item_id.take(parents)).fill_null(False)
     has_own = np.zeros(n, bool)
-    p = parents.to_numpy()
     has_own[p[np.asarray(own)]] = True
     present = np.asarray(candidates.is_valid())
     inv.mark(
@@ -137,11 +128,12 @@ def mark_inconsistent_candidates(inv: _Invalid, item_id: pa.Array, candidates: p
         lambda i: f"item_id {item_id[i].as_py()!r} is not among the event's {len(candidates[i])} candidates",
     )
     codes = pc.dictionary_encode(flat, null_encoding="encode").indices.to_numpy().astype(np.int64)
-    keys = np.sort(p.astype(np.int64) * (int(codes.max()) + 1) + codes)
+    width = int(codes.max()) + 1
+    keys = np.sort(p.astype(np.int64) * width + codes)  # one key per (event, id): repeats sort together
     same = keys[1:] == keys[:-1]
     if same.any():
         dup = np.zeros(n, bool)
-        dup[keys[1:][same] // (int(codes.max()) + 1)] = True
+        dup[keys[1:][same] // width] = True
         inv.mark(dup, OUT_OF_RANGE, "field 'candidates' must not repeat an id")
 
 
@@ -166,3 +158,22 @@ def candidate_groups(candidates: pa.Array) -> list[tuple[np.ndarray, np.ndarray]
         rows = np.flatnonzero(lengths == m)
         out.append((rows, flat[starts[rows][:, None] + np.arange(m)]))
     return out
+
+
+def logged_candidate_groups(events, rows: np.ndarray | None = None):
+    """:func:`candidate_groups` of ``events`` (or of its ``rows``), each with the logged item's place.
+
+    Yields ``(at, ids, where)``: positions into ``rows`` (or the batch), their candidate ids
+    ``[len(at), m]`` and the index of each event's ``item_id`` among them (present: the decoder
+    checks it).
+    """
+    listed, item_id = events.candidates, events.column("item_id")
+    if rows is not None:
+        taken = pa.array(rows, pa.int64())
+        listed, item_id = listed.take(taken), item_id.take(taken)
+    groups = candidate_groups(listed)
+    if not groups:
+        return
+    items = np.asarray(item_id.to_numpy(zero_copy_only=False), object)
+    for at, ids in groups:
+        yield at, ids, (ids == items[at][:, None]).argmax(axis=1)

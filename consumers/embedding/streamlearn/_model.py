@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,7 +72,6 @@ class Model:
         self._follower = SnapshotFollower(
             str(self.state_dir), self._holder, fallback, poll_s, announce=log.info
         )
-        self._lock = threading.Lock()
         if not self.refresh():
             raise SnapshotError(f"no valid snapshot in {self.state_dir}")
         self.limits = limits or Limits()
@@ -103,8 +101,7 @@ class Model:
 
     def refresh(self) -> bool:
         """Load the newest valid snapshot if it is newer than the loaded one; True when it was."""
-        with self._lock:
-            return self._follower.refresh()
+        return self._follower.refresh()  # the follower serialises its own refreshes
 
     # -- calls -------------------------------------------------------------------------------------------
     def score(

@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import SnapshotError
-from pipeline.events.candidates import candidate_groups
+from pipeline.events.candidates import logged_candidate_groups
 from pipeline.features import FeatureBatch
 from pipeline.learners.checks import integer
 from pipeline.ope import SNIPS, LoggedBandit, OffPolicyEstimator
@@ -105,18 +105,11 @@ class PolicyMonitor:
             idx = np.sort(rng.choice(idx, GAUGE_SAMPLE, replace=False))
         target = np.zeros(len(idx))
         own = np.zeros(len(idx), bool)
-        listed = batch.events.candidates
-        if listed.null_count < len(listed):
-            sample = listed.take(pa.array(idx))
-            items = None
-            for at, ids in candidate_groups(sample):
-                if items is None:
-                    items = np.asarray(batch.events.column("item_id").take(pa.array(idx)).to_pylist(), object)
-                where = (ids == items[at][:, None]).argmax(axis=1)
-                n_mc = int(np.clip(GAUGE_MC_BUDGET // (len(idx) * ids.shape[1]), 1, 32))
-                probs, _ = policy.distribution(X[idx[at]], ids, rng, n_mc)
-                target[at] = probs[np.arange(len(at)), where]
-                own[at] = True
+        for at, ids, where in logged_candidate_groups(batch.events, idx):
+            n_mc = int(np.clip(GAUGE_MC_BUDGET // (len(idx) * ids.shape[1]), 1, 32))
+            probs, _ = policy.distribution(X[idx[at]], ids, rng, n_mc)
+            target[at] = probs[np.arange(len(at)), where]
+            own[at] = True
         rest = np.flatnonzero(~own)
         if len(rest):
             cand = _top_arms(policy._pulls[: policy.n_arms], GAUGE_CANDIDATES)

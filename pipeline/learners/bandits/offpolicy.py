@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.events.candidates import candidate_groups
+from pipeline.events.candidates import logged_candidate_groups
 from pipeline.features import FeatureBatch
 from pipeline.learners.bandits.arms import ArmTable
 from pipeline.learners.bandits.base import BanditPolicy
@@ -115,11 +115,7 @@ class PrequentialEvaluation(Learner):
             record["pscore"][:] = batch.events.propensity
             record["position"][:] = batch.events.position
             own = np.zeros(n, bool)
-            items = None
-            for rows, ids in candidate_groups(batch.events.candidates):
-                if items is None:
-                    items = np.asarray(batch.events.column("item_id").to_numpy(zero_copy_only=False), object)
-                where = (ids == items[rows][:, None]).argmax(axis=1)  # present: the decoder checks it
+            for rows, ids, where in logged_candidate_groups(batch.events):
                 self._record(record, rows, X[rows], ids, where, len(ids[0]))
                 own[rows] = True
             rest = np.flatnonzero(~own)
