@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import shutil
 import subprocess
 import sys
@@ -91,13 +92,21 @@ class Replica:
                 raise SystemExit(f"serve did not start: {self.proc.stderr.read().decode()}")
             time.sleep(0.1)
 
+    def cpu_s(self) -> float:
+        """CPU seconds the replica process has used (user + system, all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
 
 
-def load(port: int, path: str, body: bytes, clients: int, seconds: float) -> dict:
-    """``clients`` threads on keep-alive connections sending ``body`` for ``seconds``."""
+def load(replica: Replica, path: str, body: bytes, clients: int, seconds: float) -> dict:
+    """``clients`` threads on keep-alive connections sending ``body`` for ``seconds``; with the
+    replica's CPU time per request (what the server spent, apart from the client's share)."""
+    port = replica.port
+    cpu_before = replica.cpu_s()
     latencies: list[list[float]] = [[] for _ in range(clients)]
     failures = [0] * clients
     versions: list[set] = [set() for _ in range(clients)]
@@ -136,8 +145,10 @@ def load(port: int, path: str, body: bytes, clients: int, seconds: float) -> dic
         t.join()
     wall = time.perf_counter() - t0
     flat = [x for lat in latencies for x in lat]
+    cpu = replica.cpu_s() - cpu_before
     return {
         "requests": len(flat),
+        "server_cpu_us_per_request": 1e6 * cpu / max(len(flat), 1),
         "requests_per_s": len(flat) / wall,
         "failed": sum(failures),
         "versions": sorted(set().union(*versions)),
@@ -185,7 +196,7 @@ def main() -> None:
         try:
             for m in sizes:
                 for c in clients:
-                    noop = load(replica.port, "/v1/noop", _body("ftrl", m), c, args.seconds)
+                    noop = load(replica, "/v1/noop", _body("ftrl", m), c, args.seconds)
                     rows.append(
                         {"endpoint": "noop (transport)", "model": "-", "candidates": m, "clients": c, **noop}
                     )
@@ -193,7 +204,7 @@ def main() -> None:
                     for model in LEARNERS:
                         for path in ("/v1/score", "/v1/decide"):
                             got = load(
-                                replica.port, path, _body(model, m, path.endswith("decide")), c, args.seconds
+                                replica, path, _body(model, m, path.endswith("decide")), c, args.seconds
                             )
                             floor = floors[(model, m)]
                             rows.append(
@@ -217,7 +228,7 @@ def main() -> None:
             # hot swap under load: a newer snapshot arrives while 8 clients score
             result: dict = {}
             loader = threading.Thread(
-                target=lambda: result.update(load(replica.port, "/v1/score", _body("ftrl", 100), 8, 12.0))
+                target=lambda: result.update(load(replica, "/v1/score", _body("ftrl", 100), 8, 12.0))
             )
             loader.start()
             time.sleep(1.0)
@@ -243,6 +254,7 @@ def main() -> None:
         ("p50_ms", "p50 ms"),
         ("p99_ms", "p99 ms"),
         ("in_process_p99_ms", "in-process p99 ms"),
+        ("server_cpu_us_per_request", "server CPU µs/req"),
         ("failed", "failed"),
     ]
     print(table(rows, columns))

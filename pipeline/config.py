@@ -171,6 +171,7 @@ class ServingConfig:
     max_body_bytes: int = 1 << 20
     max_candidates: int = 1000
     max_inflight: int = 64
+    batch_wait_ms: float = 2.0
     decisions_topic: str = ""
     decisions_path: str = ""
 
@@ -182,6 +183,12 @@ class ServingConfig:
         )
         _check(self.max_candidates >= 1, "serving.max_candidates", self.max_candidates, "an integer >= 1")
         _check(self.max_inflight >= 1, "serving.max_inflight", self.max_inflight, "an integer >= 1")
+        _check(
+            0 <= self.batch_wait_ms <= 100,
+            "serving.batch_wait_ms",
+            self.batch_wait_ms,
+            "a number in [0, 100]",
+        )
 
 
 @dataclass(frozen=True)

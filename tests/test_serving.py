@@ -8,6 +8,7 @@ no request and mix no models.
 
 from __future__ import annotations
 
+import http.client
 import re
 import subprocess
 import sys
@@ -424,18 +425,23 @@ def test_concurrent_requests_batched_in_one_model_call_get_their_own_scores(stat
     server = ServingServer(ViewHolder(view), port=0).start()
     got: dict[int, list[float]] = {}
     try:
-
-        def client(ids):
-            for i in ids:
-                got[i] = [s["score"] for s in _post(server.url + "/v1/score", bodies[i])[1]["scores"]]
-
-        threads = [threading.Thread(target=client, args=(range(t, len(bodies), 8),)) for t in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        # waves of 16 requests sent on 16 connections before any answer is read: they reach the
+        # server together, as concurrent clients' requests do
+        conns = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=10) for _ in range(16)]
+        for wave in range(0, len(bodies), len(conns)):
+            sent = list(zip(conns, range(wave, min(wave + len(conns), len(bodies)))))
+            for conn, i in sent:
+                conn.request(
+                    "POST", "/v1/score", orjson.dumps(bodies[i]), {"Content-Type": "application/json"}
+                )
+            for conn, i in sent:
+                resp = conn.getresponse()
+                assert resp.status == 200
+                got[i] = [s["score"] for s in orjson.loads(resp.read())["scores"]]
+        for conn in conns:
+            conn.close()
     finally:
         server.stop()
     for i, scores in enumerate(expected):  # the neural ranker computes in float32: batch shapes differ
         np.testing.assert_allclose(got[i], scores, rtol=1e-6)
-    assert server.lane.scored == len(bodies) and server.lane.calls < len(bodies)
+    assert server.batcher.scored == len(bodies) and server.batcher.calls < len(bodies)

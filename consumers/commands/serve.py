@@ -186,8 +186,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.serving.view import ViewHolder
 
-    # request threads wait for the GIL after every socket read; the default 5 ms switch interval
-    # makes each of them wait behind a busy one that long (the convoy effect)
+    # the server's loop shares the GIL with the snapshot follower: loading a snapshot must not
+    # hold requests back for the default 5 ms switch interval at a time
     sys.setswitchinterval(0.0005)
     config = load_config(args.config)
     fallback = config if args.config else None

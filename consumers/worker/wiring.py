@@ -39,6 +39,7 @@ def serving_options(config: Config):
         token=sv.token,
         max_body_bytes=sv.max_body_bytes,
         max_inflight=sv.max_inflight,
+        batch_wait_s=sv.batch_wait_ms / 1000,
         limits=Limits(max_candidates=sv.max_candidates),
     )
 

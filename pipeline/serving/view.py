@@ -16,6 +16,7 @@ and each item's propensity is the probability of its draw given the earlier slot
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -102,29 +103,109 @@ class Decision:
         }
 
 
-def _split_features(
-    context: dict[str, Any], items: list[dict[str, Any]]
-) -> tuple[list[int], list[str], list[str], list[int], list[str], list[float]]:
-    """Map-array parts (offsets, keys, values) of the categorical and the numeric features of each
-    candidate: the context's features, overridden by the item's own."""
-    c_off, c_keys, c_vals, n_off, n_keys, n_vals = [0], [], [], [0], [], []
-    for own in items:
-        merged = {**context, **own} if own else context
-        for k, v in merged.items():
-            if type(v) is str:
-                c_keys.append(k)
-                c_vals.append(v)
-            else:
-                n_keys.append(k)
-                n_vals.append(v)
-        c_off.append(len(c_keys))
-        n_off.append(len(n_keys))
-    return c_off, c_keys, c_vals, n_off, n_keys, n_vals
+def _split(features: dict[str, Any]) -> tuple[list[str], list[str], list[str], list[float]]:
+    """Categorical keys and values, numeric keys and values of one feature dict (values checked)."""
+    ck, cv, nk, nv = [], [], [], []
+    for k, v in features.items():
+        if type(v) is str:
+            ck.append(k)
+            cv.append(v)
+        else:
+            nk.append(k)
+            nv.append(v)
+    return ck, cv, nk, nv
 
 
-def _map(offsets: list[int], keys: list[str], values: list, value_type: pa.DataType) -> pa.Array:
-    return pa.MapArray.from_arrays(
-        pa.array(offsets, pa.int32()), pa.array(keys, pa.string()), pa.array(values, value_type)
+class _Entries:
+    """One map column's entries of a batch: each request's context part, each row's own part."""
+
+    __slots__ = ("ctx", "own")
+
+    def __init__(self):
+        self.ctx: list[tuple[list[str], list]] = []  # per request: keys, values
+        self.own: list[tuple[list[str], list, np.ndarray]] = []  # per request: keys, values, per-row counts
+
+    def add(self, ctx_keys, ctx_values, own_keys, own_values, own_counts: np.ndarray) -> None:
+        self.ctx.append((ctx_keys, ctx_values))
+        self.own.append((own_keys, own_values, own_counts))
+
+    def map_array(self, value_type: pa.DataType) -> pa.Array:
+        """Row r's map: its request's context entries, then its own (the context's keys first, as
+        ``{**context, **own}`` orders them when no key is in both)."""
+        keys: list[str] = []
+        values: list = []
+        lengths = []
+        for (ck, cv), (ok, ov, counts) in zip(self.ctx, self.own):
+            n, k = len(counts), len(ck)
+            if not ok:  # the context's entries on every row
+                keys += ck * n
+                values += cv * n
+                lengths.append(np.full(n, k))
+            elif not k:  # the rows' own entries, already row by row
+                keys += ok
+                values += ov
+                lengths.append(counts)
+            else:  # interleave: each row's context entries, then its own
+                lengths.append(counts + k)
+                uniform = int(counts[0])
+                if (counts == uniform).all():
+                    grid = np.empty((n, k + uniform), dtype=object)
+                    grid[:, :k] = ck
+                    grid[:, k:] = np.asarray(ok, dtype=object).reshape(n, uniform)
+                    keys += grid.ravel().tolist()
+                    grid[:, :k] = cv
+                    grid[:, k:] = np.asarray(ov, dtype=object).reshape(n, uniform)
+                    values += grid.ravel().tolist()
+                else:
+                    at = 0
+                    for c in counts.tolist():
+                        keys += ck
+                        keys += ok[at : at + c]
+                        values += cv
+                        values += ov[at : at + c]
+                        at += c
+        offsets = np.zeros(sum(len(x) for x in lengths) + 1, dtype=np.int32)
+        np.cumsum(np.concatenate(lengths), out=offsets[1:])
+        return pa.MapArray.from_arrays(
+            pa.array(offsets), pa.array(keys, pa.string()), pa.array(values, value_type)
+        )
+
+
+def _own_entries(item_features: list[dict[str, Any]]):
+    """The candidates' own features, flattened: (cat keys, values, counts per row, num keys, values, counts)."""
+    n = len(item_features)
+    if not any(item_features):
+        zero = np.zeros(n, np.int64)
+        return [], [], zero, [], [], zero
+    keys = list(itertools.chain.from_iterable(item_features))
+    values = list(itertools.chain.from_iterable(map(dict.values, item_features)))
+    counts = np.fromiter(map(len, item_features), np.int64, n)
+    kinds = set(map(type, values))
+    if str not in kinds:
+        return [], [], np.zeros(n, np.int64), keys, values, counts
+    if kinds == {str}:
+        return keys, values, counts, [], [], np.zeros(n, np.int64)
+    is_cat = np.fromiter((type(v) is str for v in values), bool, len(values))
+    rows = np.repeat(np.arange(n), counts)
+    cat_counts = np.bincount(rows[is_cat], minlength=n)
+    picked = is_cat.tolist()
+    ck = [k for k, c in zip(keys, picked) if c]
+    cv = [v for v, c in zip(values, picked) if c]
+    nk = [k for k, c in zip(keys, picked) if not c]
+    nv = [v for v, c in zip(values, picked) if not c]
+    return ck, cv, cat_counts, nk, nv, counts - cat_counts
+
+
+@functools.lru_cache(maxsize=64)
+def _constant_columns(n: int) -> tuple[pa.Array, ...]:
+    """The columns a request's events hold the same for every batch of ``n`` rows (immutable)."""
+    return (
+        pa.array(np.zeros(n)),
+        pa.nulls(n, pa.string()),
+        pa.nulls(n, pa.int64()),
+        pa.nulls(n, pa.float64()),
+        pa.nulls(n, pa.list_(pa.string())),
+        pa.array(np.arange(n, dtype=np.int64)),
     )
 
 
@@ -134,40 +215,65 @@ def request_events(req: Request, item_ids: list[str], item_features: list[dict[s
 
 
 def requests_events(parts: list[tuple[Request, list[str], list[dict[str, Any]]]]) -> EventBatch:
-    """:func:`request_events` of several requests, one after the other, as one batch."""
-    ids, users, request_ids, items = [], [], [], []
-    c_off, c_keys, c_vals, n_off, n_keys, n_vals = [0], [], [], [0], [], []
+    """:func:`request_events` of several requests, one after the other, as one batch.
+
+    Built column by column with few Arrow calls (each costs microseconds): each request's context
+    features are split once and repeated for its candidates, the candidates' own features are
+    flattened in C-level iteration; only a candidate feature that overrides a context feature of
+    the same name takes the row-by-row merge.
+    """
+    cat, num = _Entries(), _Entries()
+    items: list[str] = []
+    users: list[str] = []
+    request_ids: list[str | None] = []
+    event_ids: list[str] = []
     for req, item_ids, item_features in parts:
-        n = len(item_ids)
-        rid = req.request_id or "request"
-        ids.extend(f"{rid}:{j}" for j in range(n))
-        users.extend([req.user_id] * n)
-        request_ids.extend([req.request_id] * n)
-        items.extend(item_ids)
-        co, ck, cv, no, nk, nv = _split_features(req.features, item_features)
-        c_off.extend(o + len(c_keys) for o in co[1:])
-        n_off.extend(o + len(n_keys) for o in no[1:])
-        c_keys += ck
-        c_vals += cv
-        n_keys += nk
-        n_vals += nv
-    n = len(ids)
+        m = len(item_ids)
+        items += item_ids
+        users += [req.user_id] * m
+        request_ids += [req.request_id] * m
+        prefix = f"{req.request_id or 'request'}:"
+        event_ids += (
+            [prefix + j for j in _POSITIONS[:m]]
+            if m <= len(_POSITIONS)
+            else [f"{prefix}{j}" for j in range(m)]
+        )
+        context = req.features
+        if (
+            any(item_features)
+            and context
+            and not context.keys().isdisjoint(itertools.chain.from_iterable(item_features))
+        ):
+            merged = [{**context, **own} for own in item_features]
+            ck, cv, cc, nk, nv, nc = _own_entries(merged)
+            cat.add([], [], ck, cv, cc)
+            num.add([], [], nk, nv, nc)
+            continue
+        ck, cv, nk, nv = _split(context)
+        ock, ocv, occ, onk, onv, onc = _own_entries(item_features)
+        cat.add(ck, cv, ock, ocv, occ)
+        num.add(nk, nv, onk, onv, onc)
+    n = len(items)
+    label, event_type, position, propensity, candidates, row = _constant_columns(n)
     columns = [
-        pa.array(ids, pa.string()),
+        pa.array(event_ids, pa.string()),
         pa.array(np.full(n, int(time.time() * 1000), np.int64)),
         pa.array(users, pa.string()),
         pa.array(items, pa.string()),
-        pa.array(np.zeros(n)),
-        pa.nulls(n, pa.string()),
-        pa.nulls(n, pa.int64()),
-        pa.nulls(n, pa.float64()),
+        label,
+        event_type,
+        position,
+        propensity,
         pa.array(request_ids, pa.string()),
-        pa.nulls(n, pa.list_(pa.string())),
-        _map(c_off, c_keys, c_vals, pa.string()),
-        _map(n_off, n_keys, n_vals, pa.float64()),
-        pa.array(np.arange(n, dtype=np.int64)),
+        candidates,
+        cat.map_array(pa.string()),
+        num.map_array(pa.float64()),
+        row,
     ]
     return EventBatch(pa.RecordBatch.from_arrays(columns, schema=EVENT_SCHEMA))
+
+
+_POSITIONS = [str(j) for j in range(1024)]  # "0".."1023": event ids without formatting each number
 
 
 class ModelView:
@@ -290,22 +396,42 @@ class ModelView:
         """
         learner = self.learner(req.model)
         if isinstance(learner, BanditPolicy):
-            batch = self.features(req)
+            return self.decide_many([req], [decision_id])[0]
+        rule = req.exploration or DEFAULT_EXPLORATION
+        scores_all = self.score(req) if scores is None else np.asarray(scores, dtype=np.float64)
+        with self._rng_lock:
+            chosen, props = draw_slate(rule, scores_all, req.k, self._rng)
+        return self._decision(
+            req, decision_id, f"{learner.kind}+{rule.label}", chosen, props, scores_all[chosen]
+        )
+
+    def decide_many(
+        self, reqs: list[Request], decision_ids: list[str | None] | None = None
+    ) -> list[Decision]:
+        """:meth:`decide` of several requests of one bandit, featurized in one call.
+
+        A bandit explores with its own rule, so a request naming an exploration rule is a
+        ``ValueError``. Each request's context is its first candidate's row, as when it is alone.
+        """
+        learner = self.learner(reqs[0].model)
+        if not isinstance(learner, BanditPolicy) or any(r.model != reqs[0].model for r in reqs):
+            raise ValueError("decide_many takes requests of one bandit")
+        for req in reqs:
             if req.exploration is not None:
                 raise ValueError(
                     f"{req.model} is a bandit: it explores with its own rule, not {req.exploration.name}"
                 )
-            contexts = learner.batch_contexts(batch)[:1]
+        batch = self.featurizer.transform(requests_events([(r, r.item_ids, r.item_features) for r in reqs]))
+        contexts = learner.batch_contexts(batch)
+        starts = np.cumsum([0] + [len(r.item_ids) for r in reqs])[:-1]
+        out = []
+        for req, start, did in zip(reqs, starts, decision_ids or [None] * len(reqs)):
             ids = np.asarray(req.item_ids, dtype=object)
-            policy = learner.kind
-            chosen, props, scores = self._draw_bandit(learner, contexts, ids, req.k)
-        else:
-            rule = req.exploration or DEFAULT_EXPLORATION
-            policy = f"{learner.kind}+{rule.label}"
-            scores_all = self.score(req) if scores is None else np.asarray(scores, dtype=np.float64)
-            with self._rng_lock:
-                chosen, props = draw_slate(rule, scores_all, req.k, self._rng)
-            scores = scores_all[chosen]
+            chosen, props, scores = self._draw_bandit(learner, contexts[start : start + 1], ids, req.k)
+            out.append(self._decision(req, did, learner.kind, chosen, props, scores))
+        return out
+
+    def _decision(self, req, decision_id, policy, chosen, props, scores) -> Decision:
         return Decision(
             decision_id=decision_id or uuid.uuid4().hex,
             request=req,
