@@ -61,14 +61,15 @@ from pipeline.learners.bandits import (
 from pipeline.simulate import Drift, Environment, SimConfig, Simulator
 
 RIDGE = {"linucb", "linear_ts", "epsilon_greedy"}
-#: discount per update batch of 200 events in the drift run; the context-free Beta policy spreads its
-#: pulls over all 400 items, so it needs a longer memory to keep enough evidence per item
+#: discount per event in the drift run (memory ~ 1 / (1 - gamma) events: 10,000, and 40,000 for the
+#: context-free Beta policy, which spreads its pulls over all 400 items and so needs a longer memory
+#: to keep enough evidence per item)
 DRIFT_GAMMA = {
-    "linucb": 0.98,
-    "diag_linucb": 0.98,
-    "linear_ts": 0.98,
-    "beta_ts": 0.995,
-    "epsilon_greedy": 0.98,
+    "linucb": 0.9999,
+    "diag_linucb": 0.9999,
+    "linear_ts": 0.9999,
+    "beta_ts": 0.999975,
+    "epsilon_greedy": 0.9999,
 }
 
 

@@ -142,17 +142,19 @@ def test_ips_is_unbiased_on_simulated_uniform_log():
 
 
 def test_replay_policy_hand_computed_learning_trace():
-    # LinUCB with alpha=0 picks the lower index on ties. Round 0: picks a, logged a, r=0 (learns
-    # θ_a = 0). Round 1: picks a, logged b: skipped. Round 2: picks a, logged a, r=1 (θ_a = 1/3).
-    # Round 3: picks a, logged b: skipped. Value = mean(0, 1).
+    # LinUCB with alpha=0, warmed on one reward of a (θ_a = 1/2; b untried at 0, so no ties).
+    # Round 0: picks a, logged a, r=0 (θ_a = 1/3). Round 1: picks a, logged b: skipped.
+    # Round 2: picks a, logged a, r=1 (θ_a = 2/4). Round 3: picks a, logged b: skipped.
+    # Value = mean(0, 1).
     policy = LinUCB(dim=1, alpha=0.0)
+    policy.update(np.ones((1, 1)), np.array(["a"]), np.array([1.0]))
     iv = replay_policy(
         policy, np.ones((4, 1)), np.array(["a", "b"]), np.array([0, 1, 0, 1]), [0.0, 1.0, 1.0, 0.0]
     )
     assert iv.value == 0.5 and iv.ess == 2.0
-    assert policy.predict_arrays(np.ones((1, 1)), ["a"])[0] == pytest.approx(1 / 3, abs=1e-12)
+    assert policy.predict_arrays(np.ones((1, 1)), ["a"])[0] == pytest.approx(1 / 2, abs=1e-12)
     # b was only ever a candidate, never learned from: deciding adds no arm
-    assert policy.arm_ids == ["a"] and policy.state().tables["arms"]["pulls"].to_pylist() == [2]
+    assert policy.arm_ids == ["a"] and policy.state().tables["arms"]["pulls"].to_pylist() == [3]
 
 
 def test_replay_policy_of_learning_policy_beats_uniform_on_random_log():

@@ -18,10 +18,12 @@ Every policy reports gauges (:meth:`BanditPolicy.gauges`): its number of arms, t
 of the last ``gauge_window`` learned events and a running SNIPS estimate of its own value from
 the logged propensities (:mod:`.monitor`).
 
-Non-stationarity is handled by discounting: with ``gamma < 1`` every update call first moves the
-sufficient statistics of every arm towards the prior by a factor ``gamma`` (so with batches of B
-events the memory is about ``B / (1 - gamma)`` events). Discounting rather than a sliding window
-keeps the statistics O(arms) and the update a sum.
+Non-stationarity is handled by discounting per event: with ``gamma < 1`` the sufficient
+statistics of every arm move towards the prior by ``gamma`` for every event learned, exactly as if
+events came one at a time (a batch of B fades the old statistics by ``gamma**B`` and weights its
+i-th event by ``gamma**(B - 1 - i)``), so the memory is about ``1 / (1 - gamma)`` events whatever
+the batch size. Discounting rather than a sliding window keeps the statistics O(arms) and the
+update a sum.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ class BanditPolicy(Policy):
     dim
         Context dimension.
     gamma
-        Discount in (0, 1] applied once per update call (1 = no forgetting).
+        Discount in (0, 1] per learned event, independent of the batch size (1 = no forgetting;
+        memory about ``1 / (1 - gamma)`` events).
     seed
         Seed of the policy's random generator (decisions are deterministic given the seed and the
         sequence of calls; the generator's state is part of the snapshot).
@@ -187,8 +190,8 @@ class BanditPolicy(Policy):
         """Absorb one batch of (context, arm, reward, weight)."""
 
     @abc.abstractmethod
-    def _discount(self) -> None:
-        """Move every arm's statistics towards the prior by ``gamma``."""
+    def _discount(self, factor: float) -> None:
+        """Move every arm's statistics towards the prior by ``factor`` (``gamma`` per event)."""
 
     @abc.abstractmethod
     def _stat_columns(self) -> dict[str, np.ndarray]:
@@ -318,7 +321,7 @@ class BanditPolicy(Policy):
 
         This is the target policy of off-policy evaluation: ``probs[i, j]`` is the probability
         that :meth:`select` with ``k=1`` picks candidate j for context i — 1 on the choice of a
-        deterministic policy (LinUCB, Diag-LinUCB; ties to the lower position), exact for
+        deterministic policy (LinUCB, Diag-LinUCB; 1/t on each of t tied best arms), exact for
         ε-greedy, a Monte-Carlo estimate (``hits / n_mc``) for Thompson sampling. Nothing is
         learned and the policy's own generator is not used, so evaluating changes no decision.
 
@@ -385,7 +388,11 @@ class BanditPolicy(Policy):
         if not len(rows):
             return
         if self.gamma < 1.0:
-            self._discount()
+            # per event, whatever the batch size: as if the batch's events came one at a time,
+            # the old statistics fade by gamma**B and event i of B counts gamma**(B - 1 - i)
+            size = len(rows)
+            self._discount(self.gamma**size)
+            w = w * self.gamma ** np.arange(size - 1, -1, -1, dtype=np.float64)
         self._update_stats(X, rows, r, w)
         n = self.n_arms
         self._pulls[:n] += np.bincount(rows, minlength=n)

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from pipeline.learners.bandits.arms import grow_rows
 from pipeline.learners.bandits.base import DEFAULT_DIM, BanditPolicy
-from pipeline.learners.bandits.kernels import one_hot, top_k
+from pipeline.learners.bandits.kernels import greedy_distribution, tie_propensities, top_k
 from pipeline.learners.checks import number
 
 __all__ = ["DiagLinUCB"]
@@ -39,7 +39,7 @@ def _embedding_space(policy: BanditPolicy) -> tuple | None:
 
 
 class DiagLinUCB(BanditPolicy):
-    """Diagonal LinUCB; deterministic top-k (propensity 1), ties to the lower candidate position.
+    """Diagonal LinUCB; deterministic top-k (propensity 1), tied scores in a random order (1/t each).
 
     Parameters
     ----------
@@ -123,12 +123,13 @@ class DiagLinUCB(BanditPolicy):
         return (mean + self.alpha * np.sqrt(var) if self.alpha > 0 else mean), mean
 
     def _decide(self, X: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        chosen = top_k(self._scores(X, rows)[0], k)
-        return chosen, np.ones(chosen.shape)
+        score = self._scores(X, rows)[0]
+        chosen = top_k(score, k, self._rng)  # ties in a random order: cold arms share the decisions
+        return chosen, tie_propensities(score, chosen)
 
     def _distribution(self, X, rows, rng, n_mc):
         score, mean = self._scores(X, rows)
-        return one_hot(score.argmax(axis=1), score.shape[1]), mean
+        return greedy_distribution(score), mean
 
     # -- learning ---------------------------------------------------------------------------------------
     def _update_stats(
@@ -144,8 +145,8 @@ class DiagLinUCB(BanditPolicy):
         )
         self._refresh(uniq)
 
-    def _discount(self) -> None:
-        n, g = self.n_arms, self.gamma
+    def _discount(self, factor: float) -> None:
+        n, g = self.n_arms, factor
         self._d[:n] = self.lam + g * (self._d[:n] - self.lam)
         self._b[:n] *= g
         self._refresh(slice(0, n))

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.learners.bandits.base import DEFAULT_DIM
-from pipeline.learners.bandits.kernels import one_hot, top_k
+from pipeline.learners.bandits.kernels import greedy_distribution, tie_propensities, top_k
 from pipeline.learners.bandits.linucb import RidgeArms
 from pipeline.learners.checks import number
 
@@ -30,7 +30,7 @@ __all__ = ["EpsilonGreedy"]
 
 
 class EpsilonGreedy(RidgeArms):
-    """ε-greedy on ridge estimates; greedy ties go to the lower candidate position.
+    """ε-greedy on ridge estimates; greedy ties are broken at random (the propensities count them).
 
     Parameters
     ----------
@@ -84,7 +84,7 @@ class EpsilonGreedy(RidgeArms):
     def _decide(self, X: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         mean, _ = self._mean_var(X, rows, need_var=False)
         n, m = mean.shape
-        greedy = top_k(mean, k)
+        greedy = top_k(mean, k, self._rng)
         explore = np.flatnonzero(self._rng.random(n) < self.epsilon)
         chosen = greedy.copy()
         if len(explore):
@@ -93,10 +93,10 @@ class EpsilonGreedy(RidgeArms):
             else:
                 # the order of iid uniform keys is a uniformly random permutation
                 chosen[explore] = top_k(self._rng.random((len(explore), m)), k)
-        props = (1.0 - self.epsilon) * (chosen == greedy) + self.epsilon / m
+        props = (1.0 - self.epsilon) * tie_propensities(mean, chosen) + self.epsilon / m
         return chosen, props
 
     def _distribution(self, X, rows, rng, n_mc):
         mean, _ = self._mean_var(X, rows, need_var=False)
         m = mean.shape[1]
-        return (1.0 - self.epsilon) * one_hot(mean.argmax(axis=1), m) + self.epsilon / m, mean
+        return (1.0 - self.epsilon) * greedy_distribution(mean) + self.epsilon / m, mean

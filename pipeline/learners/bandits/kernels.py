@@ -10,28 +10,115 @@ import pyarrow.compute as pc
 
 from pipeline.errors import SnapshotError
 
-__all__ = ["BUDGET", "from_column", "one_hot", "row_chunks", "to_list_column", "top_k"]
+__all__ = [
+    "BUDGET",
+    "from_column",
+    "greedy_distribution",
+    "one_hot",
+    "row_chunks",
+    "tie_propensities",
+    "to_list_column",
+    "top_k",
+]
 
 #: float64 elements that one temporary may hold (32 MiB); hot loops chunk their work to stay under it
 BUDGET = 1 << 22
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the ``k`` largest scores per row, best first; ties go to the lower index.
+def top_k(scores: np.ndarray, k: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Column indices of the ``k`` largest scores per row, best first.
+
+    Ties go to the lower index, or with ``rng`` in a uniformly random order: a deterministic
+    policy must not send every decision to the first of its tied arms (early on, every untried
+    arm has the same score). :func:`tie_propensities` gives the probabilities of such a choice.
 
     >>> top_k(np.array([[0.1, 0.9, 0.5, 0.9]]), 3).tolist()
     [[1, 3, 2]]
+    >>> rng = np.random.default_rng(0)
+    >>> sorted({int(top_k(np.zeros((1, 3)), 1, rng)[0, 0]) for _ in range(50)})
+    [0, 1, 2]
     """
     n, m = scores.shape
     if k == 1:
-        return np.argmax(scores, axis=1)[:, None]
+        best = np.argmax(scores, axis=1)[:, None]
+        if rng is None:
+            return best
+        # a tie is a runner-up equal to the best: mask the best, take the max again (two SIMD
+        # reductions, cheaper than comparing every score), and draw only where rows tie
+        rows = np.arange(n)
+        top = scores[rows, best[:, 0]]
+        if not scores.flags.writeable or scores.dtype.kind != "f":
+            scores = scores.astype(np.float64)
+        scores[rows, best[:, 0]] = -np.inf
+        runner_up = scores.max(axis=1) if m > 1 else np.full(n, -np.inf)
+        scores[rows, best[:, 0]] = top
+        tied = np.flatnonzero(runner_up == top)
+        if len(tied):
+            keys = np.where(scores[tied] == top[tied, None], rng.random((len(tied), m)), -1.0)
+            best[tied, 0] = np.argmax(keys, axis=1)
+        return best
     if k < m:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     else:
         part = np.broadcast_to(np.arange(m), (n, m))
     vals = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -vals), axis=-1)
-    return np.take_along_axis(part, order, axis=1)
+    chosen = np.take_along_axis(part, order, axis=1)
+    if rng is None:
+        return chosen
+    vals = np.take_along_axis(scores, chosen, axis=1)
+    # a tie inside the slate, or one across its last slot, makes the order a draw
+    straddles = (scores >= vals[:, -1:]).sum(axis=1) > k
+    tied = np.flatnonzero(straddles | (np.diff(vals, axis=1) == 0).any(axis=1))
+    if len(tied):
+        chosen = chosen.copy()
+        chosen[tied] = np.lexsort((rng.random((len(tied), m)), -scores[tied]), axis=-1)[:, :k]
+    return chosen
+
+
+def tie_propensities(scores: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Probability that :func:`top_k` with random tie-breaking puts ``chosen[i, s]`` at slot s.
+
+    An item whose score g candidates share (itself included) and a candidates beat takes each of
+    the slots a .. a+g-1 with probability 1/g, and no other slot.
+
+    >>> tie_propensities(np.array([[0.5, 0.9, 0.9, 0.9]]), np.array([[2, 1, 0]])).tolist()
+    [[0.3333333333333333, 0.3333333333333333, 0.0]]
+    """
+    if chosen.shape[1] == 1:  # the usual top-1 decision: two max reductions, compare only at ties
+        n, m = scores.shape
+        rows, col = np.arange(n), chosen[:, 0]
+        value = scores[rows, col]
+        top = scores.max(axis=1)
+        out = (value == top).astype(np.float64)
+        if m > 1:
+            if not scores.flags.writeable or scores.dtype.kind != "f":
+                scores = scores.astype(np.float64)
+            scores[rows, col] = -np.inf  # masked in place and restored: no copy of the matrix
+            runner_up = scores.max(axis=1)
+            scores[rows, col] = value
+            tied = np.flatnonzero((out > 0) & (runner_up == top))
+            if len(tied):
+                out[tied] = 1.0 / (scores[tied] == top[tied, None]).sum(axis=1)
+        return out[:, None]
+    out = np.empty(chosen.shape)
+    for slot in range(chosen.shape[1]):
+        v = np.take_along_axis(scores, chosen[:, slot : slot + 1], axis=1)
+        above = (scores > v).sum(axis=1)
+        same = (scores == v).sum(axis=1)
+        out[:, slot] = np.where((above <= slot) & (slot < above + same), 1.0 / same, 0.0)
+    return out
+
+
+def greedy_distribution(scores: np.ndarray) -> np.ndarray:
+    """``[n, m]`` probabilities of the top-1 choice of :func:`top_k` with random tie-breaking:
+    uniform over each row's maxima.
+
+    >>> greedy_distribution(np.array([[0.2, 0.7, 0.7], [1.0, 0.0, 0.5]])).tolist()
+    [[0.0, 0.5, 0.5], [1.0, 0.0, 0.0]]
+    """
+    best = scores == scores.max(axis=1, keepdims=True)
+    return best / best.sum(axis=1, keepdims=True)
 
 
 def one_hot(index: np.ndarray, m: int) -> np.ndarray:

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from pipeline.learners.bandits.arms import grow_rows
 from pipeline.learners.bandits.base import DEFAULT_DIM, BanditPolicy
-from pipeline.learners.bandits.kernels import BUDGET, one_hot, row_chunks, top_k
+from pipeline.learners.bandits.kernels import BUDGET, greedy_distribution, row_chunks, tie_propensities, top_k
 from pipeline.learners.checks import number
 
 __all__ = ["LinUCB", "RidgeArms"]
@@ -127,9 +127,9 @@ class RidgeArms(BanditPolicy):
         self._A[a] += w[:, None, None] * (x[:, :, None] * x[:, None, :])
         self._b[a] += rw[:, None] * x
 
-    def _discount(self) -> None:
+    def _discount(self, factor: float) -> None:
         n = self.n_arms
-        g = self.gamma
+        g = factor
         self._A[:n] = g * self._A[:n] + (1.0 - g) * self.lam * np.eye(self.dim)
         self._b[:n] *= g
         for sl in row_chunks(n, self.dim * self.dim):
@@ -154,7 +154,8 @@ class RidgeArms(BanditPolicy):
 class LinUCB(RidgeArms):
     """Disjoint LinUCB: top-k of ``xᵀθ_a + α·sqrt(xᵀA_a⁻¹x)``; deterministic (propensity 1).
 
-    Ties go to the lower candidate position.
+    Tied scores are ordered at random with the policy's own generator (each of t tied arms has
+    propensity 1/t), so a batch of cold decisions spreads over the untried arms.
 
     Parameters
     ----------
@@ -212,9 +213,10 @@ class LinUCB(RidgeArms):
         return score, mean
 
     def _decide(self, X: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        chosen = top_k(self._scores(X, rows)[0], k)
-        return chosen, np.ones(chosen.shape)
+        score = self._scores(X, rows)[0]
+        chosen = top_k(score, k, self._rng)  # ties in a random order: cold arms share the decisions
+        return chosen, tie_propensities(score, chosen)
 
     def _distribution(self, X, rows, rng, n_mc):
         score, mean = self._scores(X, rows)
-        return one_hot(score.argmax(axis=1), score.shape[1]), mean
+        return greedy_distribution(score), mean

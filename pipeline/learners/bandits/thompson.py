@@ -283,8 +283,8 @@ class BetaThompson(BanditPolicy):
         self._alpha[:n] += np.bincount(rows, weights=weights * r, minlength=n)
         self._beta[:n] += np.bincount(rows, weights=weights * (1.0 - r), minlength=n)
 
-    def _discount(self) -> None:
-        n, g = self.n_arms, self.gamma
+    def _discount(self, factor: float) -> None:
+        n, g = self.n_arms, factor
         self._alpha[:n] = self._a0[:n] + g * (self._alpha[:n] - self._a0[:n])
         self._beta[:n] = self._b0[:n] + g * (self._beta[:n] - self._b0[:n])
 
