@@ -291,7 +291,7 @@ class BanditPolicy(Policy):
             context i; ``propensities[i, j]`` is the probability that the policy puts that item at
             slot j (the marginal over its randomness; 1.0 for deterministic policies).
         """
-        X = self._check_contexts(contexts)
+        X = self._decision_contexts(contexts, candidates)
         n = X.shape[0]
         rows = self._candidate_rows(candidates, n)
         m = rows.shape[-1]
@@ -303,6 +303,33 @@ class BanditPolicy(Policy):
         for sl in row_chunks(n, m * (self.dim if rows.ndim == 2 else 4)):
             chosen[sl], props[sl] = self._decide(X[sl], rows if rows.ndim == 1 else rows[sl], int(k))
         return chosen, props
+
+    def choose(self, contexts, candidates, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`select`, answered with the chosen candidates themselves instead of positions.
+
+        Returns ``(items [n, k], propensities [n, k])``: ``items[i, j]`` is the candidate (its id
+        as passed) put at slot j for context i.
+
+        >>> from pipeline.learners.bandits import BetaThompson
+        >>> items, p = BetaThompson(seed=0, n_mc=0).choose(None, ["a", "b", "c"], k=2)
+        >>> items.shape, set(items[0].tolist()) <= {"a", "b", "c"}
+        ((1, 2), True)
+        """
+        chosen, props = self.select(contexts, candidates, k)
+        cand = np.asarray(candidates)
+        if cand.ndim == 1:
+            return cand[chosen], props
+        return np.take_along_axis(cand, chosen, axis=1), props
+
+    def _decision_contexts(self, contexts, candidates) -> np.ndarray:
+        """The checked contexts; a policy that ignores context may be given None (one decision,
+        or one per row of 2-D candidates)."""
+        if contexts is None:
+            if self.uses_context:
+                raise ValueError(f"{self.kind} needs contexts of shape [n, dim={self.dim}], got None")
+            cand = np.asarray(candidates)
+            return np.zeros((cand.shape[0] if cand.ndim == 2 else 1, 0))
+        return self._check_contexts(contexts)
 
     def _candidate_rows(self, candidates, n: int) -> np.ndarray:
         cand = np.asarray(candidates)
@@ -341,7 +368,7 @@ class BanditPolicy(Policy):
             ``[n, m]`` each: rows of ``probs`` sum to 1; ``means`` are the estimated rewards
             (unclipped, as :meth:`predict_arrays`), the reward model of doubly robust estimates.
         """
-        X = self._check_contexts(contexts)
+        X = self._decision_contexts(contexts, candidates)
         n = X.shape[0]
         rows = self._candidate_rows(candidates, n)
         m = rows.shape[-1]
