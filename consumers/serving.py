@@ -141,14 +141,13 @@ class ModelBatcher:
 
     def _run(self, group: list) -> None:
         view, decide = group[0][0], group[0][2]
+        call = view.decide_many if decide else view.score_many
         try:
-            results = (
-                view.decide_many([g[1] for g in group]) if decide else view.score_many([g[1] for g in group])
-            )
+            results = call([g[1] for g in group])
         except Exception:
             for _, req, _, future in group:  # alone, so that an error reaches only its own request
                 try:
-                    _resolve(future, (view.decide_many if decide else view.score_many)([req])[0])
+                    _resolve(future, call([req])[0])
                 except Exception as exc:
                     if not future.done():
                         future.set_exception(exc)

@@ -171,11 +171,11 @@ def _fast_candidates(candidates: list, limits: Limits) -> tuple[list[str], list[
     ids = [c.get("item_id") for c in candidates]
     if set(map(type, ids)) != {str} or min(map(len, ids)) == 0 or max(map(len, ids)) > limits.max_id_chars:
         return None
-    feats = [c.get("features") or _EMPTY for c in candidates]
+    feats = [c.get("features") or {} for c in candidates]
     if set(map(type, feats)) != {dict} or max(map(len, feats)) > limits.max_features:
         return None
-    if feats.count(_EMPTY) == len(feats):
-        return ids, [{} for _ in feats]
+    if not any(feats):
+        return ids, feats
     if "" in set(itertools.chain.from_iterable(feats)):
         return None
     values = list(itertools.chain.from_iterable(map(dict.values, feats)))
@@ -186,10 +186,7 @@ def _fast_candidates(candidates: list, limits: Limits) -> tuple[list[str], list[
         numbers = values if str not in kinds else [v for v in values if type(v) is float]
         if not np.isfinite(np.asarray(numbers, dtype=np.float64)).all():
             return None
-    return ids, [f if f is not _EMPTY else {} for f in feats]
-
-
-_EMPTY: dict[str, Any] = {}
+    return ids, feats
 
 
 def parse_request(body: Any, limits: Limits | None = None, decide: bool = False) -> Request:

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.events.schema import EVENT_SCHEMA, EventBatch
-from pipeline.features import FeatureBatch, FeatureSpec, Featurizer
+from pipeline.features import FeatureSpec, Featurizer
 from pipeline.learners.bandits.base import BanditPolicy
 from pipeline.learners.base import Learner, StateBundle
 from pipeline.serving.exploration import ExplorationRule, draw_slate
@@ -359,9 +359,6 @@ class ModelView:
             }
             for name, lr in self.learners.items()
         ]
-
-    def features(self, req: Request) -> FeatureBatch:
-        return self.featurizer.transform(request_events(req, req.item_ids, req.item_features))
 
     def score(self, req: Request) -> np.ndarray:
         """Each candidate's score (click/reward probability) from the request's model."""

@@ -243,8 +243,10 @@ class BanditPolicy(Policy):
 
     # -- validation -------------------------------------------------------------------------------------
     def _check_contexts(self, contexts, n: int | None = None) -> np.ndarray:
-        if contexts is None and not self.uses_context and n is not None:
-            return np.zeros((n, 0))
+        if contexts is None:  # a policy that ignores context may be given none
+            if self.uses_context:
+                raise ValueError(f"{self.kind} needs contexts of shape [n, dim={self.dim}], got None")
+            return np.zeros((1 if n is None else n, 0))
         X = np.asarray(contexts, dtype=np.float64)
         if X.ndim != 2:
             raise ValueError(f"contexts must be a 2-D array [n, dim], got shape {X.shape}")
@@ -322,14 +324,10 @@ class BanditPolicy(Policy):
         return np.take_along_axis(cand, chosen, axis=1), props
 
     def _decision_contexts(self, contexts, candidates) -> np.ndarray:
-        """The checked contexts; a policy that ignores context may be given None (one decision,
-        or one per row of 2-D candidates)."""
-        if contexts is None:
-            if self.uses_context:
-                raise ValueError(f"{self.kind} needs contexts of shape [n, dim={self.dim}], got None")
-            cand = np.asarray(candidates)
-            return np.zeros((cand.shape[0] if cand.ndim == 2 else 1, 0))
-        return self._check_contexts(contexts)
+        """The checked contexts of a decision; None stands for one decision, or one per row of
+        2-D candidates."""
+        cand = np.shape(candidates) if contexts is None else ()
+        return self._check_contexts(contexts, cand[0] if len(cand) == 2 else None)
 
     def _candidate_rows(self, candidates, n: int) -> np.ndarray:
         cand = np.asarray(candidates)

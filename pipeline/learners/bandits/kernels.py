@@ -43,16 +43,8 @@ def top_k(scores: np.ndarray, k: int, rng: np.random.Generator | None = None) ->
         best = np.argmax(scores, axis=1)[:, None]
         if rng is None:
             return best
-        # a tie is a runner-up equal to the best: mask the best, take the max again (two SIMD
-        # reductions, cheaper than comparing every score), and draw only where rows tie
-        rows = np.arange(n)
-        top = scores[rows, best[:, 0]]
-        if not scores.flags.writeable or scores.dtype.kind != "f":
-            scores = scores.astype(np.float64)
-        scores[rows, best[:, 0]] = -np.inf
-        runner_up = scores.max(axis=1) if m > 1 else np.full(n, -np.inf)
-        scores[rows, best[:, 0]] = top
-        tied = np.flatnonzero(runner_up == top)
+        top, runner_up = _value_and_best_other(scores, best[:, 0])
+        tied = np.flatnonzero(runner_up == top)  # only rows that tie draw random keys
         if len(tied):
             keys = np.where(scores[tied] == top[tied, None], rng.random((len(tied), m)), -1.0)
             best[tied, 0] = np.argmax(keys, axis=1)
@@ -85,21 +77,12 @@ def tie_propensities(scores: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     >>> tie_propensities(np.array([[0.5, 0.9, 0.9, 0.9]]), np.array([[2, 1, 0]])).tolist()
     [[0.3333333333333333, 0.3333333333333333, 0.0]]
     """
-    if chosen.shape[1] == 1:  # the usual top-1 decision: two max reductions, compare only at ties
-        n, m = scores.shape
-        rows, col = np.arange(n), chosen[:, 0]
-        value = scores[rows, col]
-        top = scores.max(axis=1)
-        out = (value == top).astype(np.float64)
-        if m > 1:
-            if not scores.flags.writeable or scores.dtype.kind != "f":
-                scores = scores.astype(np.float64)
-            scores[rows, col] = -np.inf  # masked in place and restored: no copy of the matrix
-            runner_up = scores.max(axis=1)
-            scores[rows, col] = value
-            tied = np.flatnonzero((out > 0) & (runner_up == top))
-            if len(tied):
-                out[tied] = 1.0 / (scores[tied] == top[tied, None]).sum(axis=1)
+    if chosen.shape[1] == 1:  # the usual top-1 decision: compare every score only at ties
+        value, best_other = _value_and_best_other(scores, chosen[:, 0])
+        out = (value >= best_other).astype(np.float64)
+        tied = np.flatnonzero(value == best_other)
+        if len(tied):
+            out[tied] = 1.0 / (scores[tied] == value[tied, None]).sum(axis=1)
         return out[:, None]
     out = np.empty(chosen.shape)
     for slot in range(chosen.shape[1]):
@@ -108,6 +91,23 @@ def tie_propensities(scores: np.ndarray, chosen: np.ndarray) -> np.ndarray:
         same = (scores == v).sum(axis=1)
         out[:, slot] = np.where((above <= slot) & (slot < above + same), 1.0 / same, 0.0)
     return out
+
+
+def _value_and_best_other(scores: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's score at ``cols`` and the best of its other scores (-inf when there is none).
+
+    Two SIMD reductions (mask the column, take the max) instead of comparing every score: rows
+    whose two values are equal hold a tie.
+    """
+    rows = np.arange(len(cols))
+    value = scores[rows, cols].astype(np.float64)
+    if scores.shape[1] == 1:
+        return value, np.full(len(cols), -np.inf)
+    masked = scores if scores.flags.writeable and scores.dtype.kind == "f" else scores.astype(np.float64)
+    masked[rows, cols] = -np.inf  # in place and restored: no copy of the matrix
+    best_other = masked.max(axis=1)
+    masked[rows, cols] = value
+    return value, best_other
 
 
 def greedy_distribution(scores: np.ndarray) -> np.ndarray:
