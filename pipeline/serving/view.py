@@ -420,11 +420,14 @@ class ModelView:
                 )
         batch = self.featurizer.transform(requests_events([(r, r.item_ids, r.item_features) for r in reqs]))
         contexts = learner.batch_contexts(batch)
+        # shared-parameter policies score each candidate with its own item features
+        actions = learner.batch_action_features(batch)
         starts = np.cumsum([0] + [len(r.item_ids) for r in reqs])[:-1]
         out = []
         for req, start, did in zip(reqs, starts, decision_ids or [None] * len(reqs)):
             ids = np.asarray(req.item_ids, dtype=object)
-            chosen, props, scores = self._draw_bandit(learner, contexts[start : start + 1], ids, req.k)
+            acts = None if actions is None else actions[start : start + ids.size]
+            chosen, props, scores = self._draw_bandit(learner, contexts[start : start + 1], ids, req.k, acts)
             out.append(self._decision(req, did, learner.kind, chosen, props, scores))
         return out
 
@@ -440,11 +443,12 @@ class ModelView:
             version=self.version,
         )
 
-    def _draw_bandit(self, policy: BanditPolicy, contexts: np.ndarray, ids: np.ndarray, k: int):
+    def _draw_bandit(self, policy: BanditPolicy, contexts: np.ndarray, ids: np.ndarray, k: int, actions=None):
         remaining = np.arange(ids.size)
         chosen, props, scores = [], [], []
         for _ in range(k):
-            probs, means = policy.distribution(contexts, ids[remaining])
+            acts = None if actions is None else actions[remaining]
+            probs, means = policy.distribution(contexts, ids[remaining], action_features=acts)
             p = probs[0] / probs[0].sum()
             if np.count_nonzero(p) == 1:
                 pick = int(np.flatnonzero(p)[0])

@@ -11,9 +11,10 @@ import pyarrow.compute as pc
 from pipeline.features import BIAS_KEY, FeatureBatch
 from pipeline.hashing import combine, fmix64, hash_one, hash_strings
 
-__all__ = ["context_vectors"]
+__all__ = ["action_vectors", "context_vectors"]
 
 _CONTEXT_SALT = np.uint64(hash_one("context", namespace="bandit"))
+_ACTION_SALT = np.uint64(hash_one("action", namespace="bandit"))
 
 
 def context_vectors(
@@ -68,6 +69,37 @@ def context_vectors(
     flat = rows[keep] * dim + slot
     out += np.bincount(flat, weights=sign * batch.values[keep], minlength=n * dim).reshape(n, dim)
     return out
+
+
+def action_vectors(batch: FeatureBatch, dim: int, names: Sequence[str]) -> np.ndarray:
+    """Dense item-feature vectors ``[n, dim]``: the named features of each event, hashed with signs.
+
+    The complement of :func:`context_vectors` for shared-parameter policies (:mod:`.hybrid`):
+    only the features that describe the event's item (``names``: price, cuisine, ...) are kept,
+    folded into ``dim`` slots like the context's (no bias slot; the policy crosses them with the
+    context, bias included). An event whose item has none of them gets a zero row.
+
+    Examples
+    --------
+    >>> from pipeline.events import decode_json, EventRules
+    >>> from pipeline.features import Featurizer, FeatureSpec
+    >>> events, _ = decode_json([b'{"event_id":"e","ts":1,"user_id":"u","item_id":"i","label":1,'
+    ...                          b'"features":{"device":"ios","cuisine":"thai"}}'], EventRules())
+    >>> a = action_vectors(Featurizer(FeatureSpec()).transform(events), dim=4, names=["cuisine"])
+    >>> a.shape, float(np.abs(a).sum())
+    ((1, 4), 1.0)
+    """
+    if dim < 1:
+        raise ValueError(f"action_dim must be >= 1, got {dim}")
+    n = len(batch)
+    if not len(names):
+        return np.zeros((n, dim))
+    keep = np.isin(batch.keys, _feature_keys(batch, names))
+    h = fmix64(batch.keys[keep] ^ _ACTION_SALT)
+    slot = (h % np.uint64(dim)).astype(np.int64)
+    sign = np.where((h >> np.uint64(63)) == 1, -1.0, 1.0)
+    flat = batch.row_of_nnz[keep] * dim + slot
+    return np.bincount(flat, weights=sign * batch.values[keep], minlength=n * dim).reshape(n, dim)
 
 
 def _feature_keys(batch: FeatureBatch, names: Sequence[str]) -> np.ndarray:
