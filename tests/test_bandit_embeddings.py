@@ -221,9 +221,14 @@ def test_every_contextual_policy_takes_the_option_and_learns_on_hybrid_contexts(
     expected = np.empty(len(test))
     for i, (x, a) in enumerate(zip(Xt, test.item_hash, strict=True)):
         sel = arms == a
-        if kind == "diag_linucb":
-            d = 1.0 + (X[sel] ** 2).sum(0)
-            expected[i] = x @ ((X[sel] * r[sel, None]).sum(0) / d)
+        if kind == "diag_linucb":  # centred: an intercept and per-coordinate slopes
+            if not sel.any():
+                expected[i] = 0.0
+                continue
+            xbar, rbar = X[sel].mean(0), r[sel].mean()
+            Xc = X[sel] - xbar
+            d = 1.0 + (Xc**2).sum(0)
+            expected[i] = rbar + (x - xbar) @ ((Xc * (r[sel] - rbar)[:, None]).sum(0) / d)
         else:
             theta = np.linalg.solve(np.eye(dim) + X[sel].T @ X[sel], X[sel].T @ r[sel])
             expected[i] = x @ theta
@@ -253,7 +258,9 @@ def test_the_ranker_stays_frozen_while_the_policy_learns(ckpt, stream):
 
 
 def _through_json(bundle: StateBundle) -> StateBundle:
-    return StateBundle(tables=dict(bundle.tables), meta=json.loads(json.dumps(bundle.meta)))
+    return StateBundle(
+        tables=dict(bundle.tables), arrays=dict(bundle.arrays), meta=json.loads(json.dumps(bundle.meta))
+    )
 
 
 @pytest.mark.parametrize("cls", [LinUCB, DiagLinUCB])
