@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: help install demo test test-fast lint format bench kafka-up kafka-down prometheus-install clean
+.PHONY: help install demo test test-fast lint format bench bench-peers kafka-up kafka-down prometheus-install clean
 
 help:
 	@echo "make demo      create the virtualenv, install, replay the bundled example stream (no Kafka)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-fast unit tests only (no Kafka / Prometheus)"
 	@echo "make lint      ruff check + format check;  make format  to apply formatting"
 	@echo "make bench     run the benchmarks (results in benchmarks/results/)"
+	@echo "make bench-peers  the bandits beside Vowpal Wabbit and Open Bandit Pipeline (own venv: .venv-peers)"
 	@echo "make kafka-up / kafka-down   a local single-node Kafka (KRaft) from the official jars"
 
 $(VENV)/.installed: pyproject.toml
@@ -61,6 +62,21 @@ bench: install
 	$(PY) benchmarks/replay.py
 	@for b in benchmarks/snapshot.py benchmarks/kafka_worker.py benchmarks/bandits.py benchmarks/neural.py benchmarks/error_memory.py benchmarks/serving.py; do \
 	    if [ -f $$b ]; then echo "== $$b"; $(PY) $$b || exit 1; fi; done
+
+# obp 0.5.7 pins torch 1.12 and Python < 3.10: it goes in a virtualenv of its own, without its
+# pins, beside the versions the main one resolved (the constraint keeps pip from fetching another torch)
+PEERS := .venv-peers
+$(PEERS)/.installed: pyproject.toml $(VENV)/.installed
+	test -d $(PEERS) || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PY) -m pip freeze --exclude-editable > $(PEERS)/constraints.txt
+	$(PEERS)/bin/python -m pip install --quiet -c $(PEERS)/constraints.txt -e '.[peers]'
+	$(PEERS)/bin/python -m pip install --quiet --no-deps --ignore-requires-python obp==0.5.7
+	touch $@
+
+bench-peers: $(PEERS)/.installed
+	mkdir -p benchmarks/results
+	$(PEERS)/bin/python benchmarks/bandits_peers.py
 
 kafka-up: install
 	$(PY) -m tests.kafka.broker up

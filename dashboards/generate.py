@@ -462,6 +462,17 @@ def bandits() -> dict:
             [q(f"max by (policy) (streamlearn_bandit_arms{{{JOB}, {pol}}})", "{{policy}}")],
         ),
         panel(
+            "Policy drift resets",
+            "timeseries",
+            [
+                q(
+                    f"sum by (policy) (increase(streamlearn_bandit_drift_resets_total{{{JOB}, {pol}}}[$__range]))",
+                    "{{policy}}",
+                )
+            ],
+            desc="A policy's own change detector restarted its exploration (reset_on_drift).",
+        ),
+        panel(
             "Estimate vs logged reward",
             "timeseries",
             [

@@ -123,6 +123,12 @@ class StreamMetrics:
             registry=r,
         )
         self.bandit_arms = Gauge("streamlearn_bandit_arms", "Arms known to a policy.", ["policy"], registry=r)
+        self.bandit_drift_resets = Counter(
+            "streamlearn_bandit_drift_resets",
+            "Times a policy's own drift watch sent its statistics back to the prior.",
+            ["policy"],
+            registry=r,
+        )
         self.drift_score = Gauge(
             "streamlearn_drift_score", "Current drift statistic.", ["signal", "method"], registry=r
         )

@@ -87,7 +87,19 @@ def test_without_a_generator_ties_still_go_to_the_lower_position():
     np.testing.assert_array_equal(top_k(np.zeros((2, 3)), 2), [[0, 1], [0, 1]])
 
 
-@pytest.mark.parametrize("kind", ["linucb", "diag_linucb", "linear_ts", "beta_ts", "epsilon_greedy"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "linucb",
+        "diag_linucb",
+        "linear_ts",
+        "beta_ts",
+        "epsilon_greedy",
+        "hybrid_linucb",
+        "hybrid_ts",
+        "bootstrap",
+    ],
+)
 def test_discounting_is_per_event_whatever_the_batch_size(kind):
     from pipeline.learners.bandits import POLICIES
 

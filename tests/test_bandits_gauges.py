@@ -90,10 +90,11 @@ def test_gauges_survive_a_state_round_trip_through_parquet(make, tmp_path):
     names = [g[0] for g in gauges]
     assert names == [
         "streamlearn_bandit_arms",
+        "streamlearn_bandit_drift_resets_total",
         "streamlearn_bandit_reward_rate",
         "streamlearn_policy_value_estimate",
     ]
-    assert 0.0 <= gauges[2][2] <= 1.0
+    assert 0.0 <= gauges[3][2] <= 1.0
     bundle = policy.state()
     assert {"recent_rewards", "recent_rounds"} <= set(bundle.tables)
     tables = {}
@@ -101,7 +102,9 @@ def test_gauges_survive_a_state_round_trip_through_parquet(make, tmp_path):
         pq.write_table(table, tmp_path / f"{name}.parquet")
         tables[name] = pq.read_table(tmp_path / f"{name}.parquet")
     restored = make()
-    restored.load_state(StateBundle(tables=tables, meta=json.loads(json.dumps(bundle.meta))))
+    restored.load_state(
+        StateBundle(tables=tables, arrays=dict(bundle.arrays), meta=json.loads(json.dumps(bundle.meta)))
+    )
     assert restored.gauges() == gauges
 
 
@@ -114,7 +117,7 @@ def test_gauge_estimate_leaves_learning_and_decisions_unchanged():
     assert a.state().meta["rng"] == b.state().meta["rng"]
     X = np.random.default_rng(0).normal(size=(5, 8))
     np.testing.assert_array_equal(a.select(X, a.arm_ids)[0], b.select(X, b.arm_ids)[0])
-    assert [g[0] for g in b.gauges()] == ["streamlearn_bandit_arms"]
+    assert [g[0] for g in b.gauges()] == ["streamlearn_bandit_arms", "streamlearn_bandit_drift_resets_total"]
 
 
 def test_gauge_window_counts_only_the_last_events_when_batches_are_sampled():

@@ -68,6 +68,9 @@ CONFORMANCE_LEARNERS: list[Case] = [
     Case("linear_ts", {"dim": 8, "n_mc": 8}),
     Case("beta_ts", {"n_mc": 8}),
     Case("epsilon_greedy", {"dim": 8}),
+    Case("hybrid_linucb", {"dim": 8, "action_dim": 4, "item_features": ["price"]}),
+    Case("hybrid_ts", {"dim": 8, "action_dim": 4, "n_mc": 8, "item_features": ["price"], "per_arm": False}),
+    Case("bootstrap", {"dim": 8, "bags": 3}),
     Case("error_memory", {"base": "ftrl", "base_params": {"bits": 14, "alpha": 0.1}, "bits": 6, "tables": 4}),
     Case(
         "neural",

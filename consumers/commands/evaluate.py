@@ -95,7 +95,16 @@ __all__ = ["register", "run"]
 
 ESTIMATORS = ("ips", "snips", "dr", "replay")
 #: the bandit kinds of pipeline.learners.bandits.POLICIES (a test keeps the two equal)
-POLICY_KINDS = ("linucb", "diag_linucb", "linear_ts", "beta_ts", "epsilon_greedy")
+POLICY_KINDS = (
+    "linucb",
+    "diag_linucb",
+    "linear_ts",
+    "beta_ts",
+    "epsilon_greedy",
+    "hybrid_linucb",
+    "hybrid_ts",
+    "bootstrap",
+)
 DEFAULT_DIM = 16
 _FIELDS = ("value", "lower", "upper", "std_error", "ess", "n")
 

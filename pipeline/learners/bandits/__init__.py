@@ -1,4 +1,6 @@
-"""Contextual bandit policies: LinUCB, Diag-LinUCB, linear and Beta-Bernoulli Thompson sampling, ε-greedy.
+"""Contextual bandit policies: LinUCB, Diag-LinUCB, linear and Beta-Bernoulli Thompson sampling, ε-greedy,
+the shared-parameter hybrid LinUCB and hybrid Thompson sampling over context × item features, and
+bootstrap exploration (online bagging with Poisson weights) over any of the linear ones.
 
 Every policy is a :class:`~pipeline.learners.base.Policy` with a batch-first array API
 (``select`` / ``update``) and the Learner API over feature batches (``predict`` / ``learn``); every
@@ -17,9 +19,12 @@ from collections.abc import Callable
 
 from pipeline.learners.bandits.arms import ArmTable
 from pipeline.learners.bandits.base import BanditPolicy, context_vectors
+from pipeline.learners.bandits.bootstrap import BootstrapPolicy
+from pipeline.learners.bandits.contexts import action_vectors
 from pipeline.learners.bandits.diag_linucb import DiagLinUCB
 from pipeline.learners.bandits.embeddings import EMBEDDING_PARTS, FrozenEmbeddings, hybrid_contexts
 from pipeline.learners.bandits.epsilon_greedy import EpsilonGreedy
+from pipeline.learners.bandits.hybrid import HybridLinUCB, HybridThompson
 from pipeline.learners.bandits.kernels import top_k
 from pipeline.learners.bandits.linucb import LinUCB, RidgeArms
 from pipeline.learners.bandits.thompson import BetaThompson, LinearThompson, mc_propensities
@@ -30,12 +35,16 @@ __all__ = [
     "ArmTable",
     "BanditPolicy",
     "BetaThompson",
+    "BootstrapPolicy",
     "DiagLinUCB",
     "EpsilonGreedy",
     "FrozenEmbeddings",
+    "HybridLinUCB",
+    "HybridThompson",
     "LinUCB",
     "LinearThompson",
     "RidgeArms",
+    "action_vectors",
     "context_vectors",
     "hybrid_contexts",
     "mc_propensities",
@@ -45,7 +54,17 @@ __all__ = [
 
 #: learner kind -> policy class
 POLICIES: dict[str, type[BanditPolicy]] = {
-    cls.kind: cls for cls in (LinUCB, DiagLinUCB, LinearThompson, BetaThompson, EpsilonGreedy)
+    cls.kind: cls
+    for cls in (
+        LinUCB,
+        DiagLinUCB,
+        LinearThompson,
+        BetaThompson,
+        EpsilonGreedy,
+        HybridLinUCB,
+        HybridThompson,
+        BootstrapPolicy,
+    )
 }
 
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.learners.bandits.base import DEFAULT_DIM
+from pipeline.learners.bandits.base import DEFAULT_DIM, DEFAULT_DRIFT_DELTA
 from pipeline.learners.bandits.kernels import greedy_distribution, tie_propensities, top_k
 from pipeline.learners.bandits.linucb import RidgeArms
 from pipeline.learners.checks import number
@@ -63,6 +63,8 @@ class EpsilonGreedy(RidgeArms):
         gauge_window: int = 10_000,
         embedding_checkpoint: str | None = None,
         embedding_parts: Sequence[str] = ("user",),
+        reset_on_drift: bool = True,
+        drift_delta: float = DEFAULT_DRIFT_DELTA,
         name: str | None = None,
     ):
         super().__init__(
@@ -77,6 +79,8 @@ class EpsilonGreedy(RidgeArms):
             gauge_window=gauge_window,
             embedding_checkpoint=embedding_checkpoint,
             embedding_parts=embedding_parts,
+            reset_on_drift=reset_on_drift,
+            drift_delta=drift_delta,
             name=name,
         )
         self.epsilon = number("epsilon", epsilon, 0.0, 1.0)

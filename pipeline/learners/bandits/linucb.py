@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.learners.bandits.arms import grow_rows
-from pipeline.learners.bandits.base import DEFAULT_DIM, BanditPolicy
+from pipeline.learners.bandits.base import DEFAULT_DIM, DEFAULT_DRIFT_DELTA, BanditPolicy
 from pipeline.learners.bandits.kernels import BUDGET, greedy_distribution, row_chunks, tie_propensities, top_k
 from pipeline.learners.checks import number
 
@@ -162,7 +162,10 @@ class LinUCB(RidgeArms):
     dim
         Context dimension.
     alpha
-        Width of the confidence bound (>= 0).
+        Width of the confidence bound (>= 0). The default 0.5 is tuned for rewards in [0, 1]
+        and context coordinates of about unit scale (standardised features, or the hashed
+        one-hot features of this project); scale ``alpha`` with the reward range, and
+        standardise raw contexts (benchmarks/bandits_peers.py measured 0.3, 0.5 and 1).
     lam
         Ridge prior of a new arm (> 0).
     embedding_checkpoint, embedding_parts
@@ -177,7 +180,7 @@ class LinUCB(RidgeArms):
     def __init__(
         self,
         dim: int = DEFAULT_DIM,
-        alpha: float = 1.0,
+        alpha: float = 0.5,
         lam: float = 1.0,
         gamma: float = 1.0,
         seed: int = 0,
@@ -188,6 +191,8 @@ class LinUCB(RidgeArms):
         gauge_window: int = 10_000,
         embedding_checkpoint: str | None = None,
         embedding_parts: Sequence[str] = ("user",),
+        reset_on_drift: bool = True,
+        drift_delta: float = DEFAULT_DRIFT_DELTA,
         name: str | None = None,
     ):
         super().__init__(
@@ -202,6 +207,8 @@ class LinUCB(RidgeArms):
             gauge_window=gauge_window,
             embedding_checkpoint=embedding_checkpoint,
             embedding_parts=embedding_parts,
+            reset_on_drift=reset_on_drift,
+            drift_delta=drift_delta,
             name=name,
         )
         self.alpha = number("alpha", alpha, 0.0)

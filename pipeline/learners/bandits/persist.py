@@ -5,6 +5,8 @@
 * tables ``recent_rewards`` and ``recent_rounds``: the windows behind the policy's gauges
   (:mod:`.monitor`), so that a restored worker reports over the same events; absent when the
   gauges are off, and tolerated as absent on load (older snapshots);
+* table ``drift_detector``, arrays ``drift.*`` and ``meta["drift"]``: the drift watch
+  (``reset_on_drift``), its ADWIN window and the number of resets; absent when the watch is off;
 * ``meta``: the class, constructor parameters, number of updates, events learned and the exact
   state of the policy's random generator (as strings, since it exceeds JSON's integers); with
   embedding contexts also ``embedding``: the checkpoint's path, the parts and the file's SHA-256.
@@ -57,10 +59,16 @@ def state_bundle(policy: BanditPolicy) -> StateBundle:
     embedding = policy.embedding_meta()
     if embedding is not None:
         meta["embedding"] = embedding
-    tables = {"arms": pa.table(cols)}
+    tables = {"arms": pa.table(cols), **policy._shared_tables()}
+    arrays = {}
     if policy.gauge_window:
         tables.update(policy._monitor.tables())
-    return StateBundle(tables=tables, meta=meta)
+    if policy._drift is not None:
+        watch = policy._drift.state()
+        tables["drift_detector"] = watch.tables["detector"]
+        arrays = {f"drift.{k}": v for k, v in watch.arrays.items()}
+        meta["drift"] = {**watch.meta, "resets": policy._resets}
+    return StateBundle(tables=tables, arrays=arrays, meta=meta)
 
 
 def load_bundle(policy: BanditPolicy, bundle: StateBundle) -> None:
@@ -86,11 +94,13 @@ def load_bundle(policy: BanditPolicy, bundle: StateBundle) -> None:
     policy._pulls = from_column(table.column("pulls"), None, "pulls").astype(np.int64)
     policy._reward_sum = from_column(table.column("reward_sum"), None, "reward_sum")
     policy._load_stat_columns(table, n)
+    policy._load_shared_tables(bundle.tables)
     policy._n_stats = n
     policy._spare_row = False  # the loaded columns hold the arms only; _sync_arms adds it
     policy._updates = int(meta.get("updates", 0))
     policy._monitor = PolicyMonitor(max(policy.gauge_window, 1))
     policy._monitor.load(bundle.tables, int(meta.get("learned", 0)))
+    _load_drift_watch(policy, bundle)
     rng = meta["rng"]
     policy._rng = np.random.default_rng()
     policy._rng.bit_generator.state = {
@@ -99,6 +109,24 @@ def load_bundle(policy: BanditPolicy, bundle: StateBundle) -> None:
         "has_uint32": meta["rng_extra"][0],
         "uinteger": meta["rng_extra"][1],
     }
+
+
+def _load_drift_watch(policy: BanditPolicy, bundle: StateBundle) -> None:
+    """The drift watch's windows; a state saved without one (older, or watch off) starts it afresh."""
+    policy._resets = int(bundle.meta.get("drift", {}).get("resets", 0))
+    if policy._drift is None:
+        return
+    policy._drift = policy._new_drift_watch()
+    if "drift" not in bundle.meta or "drift_detector" not in bundle.tables:
+        return
+    arrays = {k.removeprefix("drift."): v for k, v in bundle.arrays.items() if k.startswith("drift.")}
+    watch = StateBundle(
+        tables={"detector": bundle.tables["drift_detector"]}, arrays=arrays, meta=bundle.meta["drift"]
+    )
+    try:
+        policy._drift.load_state(watch)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise SnapshotError(f"bandit drift watch state is unreadable: {exc}") from None
 
 
 def _check_embedding(policy: BanditPolicy, meta: dict) -> None:

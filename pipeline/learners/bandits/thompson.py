@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.learners.bandits.arms import grow_rows
-from pipeline.learners.bandits.base import DEFAULT_DIM, BanditPolicy
+from pipeline.learners.bandits.base import DEFAULT_DIM, DEFAULT_DRIFT_DELTA, BanditPolicy
 from pipeline.learners.bandits.kernels import BUDGET, top_k
 from pipeline.learners.bandits.linucb import RidgeArms
 from pipeline.learners.checks import integer, number
@@ -94,7 +94,8 @@ class LinearThompson(RidgeArms):
     dim
         Context dimension.
     v
-        Posterior scale (exploration), >= 0.
+        Posterior scale (exploration), >= 0. The default 0.3 assumes rewards in [0, 1] and context
+        coordinates of about unit scale (see ``alpha`` of :class:`LinUCB`).
     lam
         Ridge prior of a new arm (> 0).
     n_mc
@@ -111,7 +112,7 @@ class LinearThompson(RidgeArms):
     def __init__(
         self,
         dim: int = DEFAULT_DIM,
-        v: float = 1.0,
+        v: float = 0.3,
         lam: float = 1.0,
         n_mc: int = 100,
         gamma: float = 1.0,
@@ -123,6 +124,8 @@ class LinearThompson(RidgeArms):
         gauge_window: int = 10_000,
         embedding_checkpoint: str | None = None,
         embedding_parts: Sequence[str] = ("user",),
+        reset_on_drift: bool = True,
+        drift_delta: float = DEFAULT_DRIFT_DELTA,
         name: str | None = None,
     ):
         super().__init__(
@@ -137,6 +140,8 @@ class LinearThompson(RidgeArms):
             gauge_window=gauge_window,
             embedding_checkpoint=embedding_checkpoint,
             embedding_parts=embedding_parts,
+            reset_on_drift=reset_on_drift,
+            drift_delta=drift_delta,
             name=name,
         )
         self.v = number("v", v, 0.0)
@@ -194,6 +199,8 @@ class BetaThompson(BanditPolicy):
         importance_weighting: bool = False,
         max_weight: float = 100.0,
         gauge_window: int = 10_000,
+        reset_on_drift: bool = True,
+        drift_delta: float = DEFAULT_DRIFT_DELTA,
         name: str | None = None,
     ):
         super().__init__(
@@ -203,6 +210,8 @@ class BetaThompson(BanditPolicy):
             importance_weighting=importance_weighting,
             max_weight=max_weight,
             gauge_window=gauge_window,
+            reset_on_drift=reset_on_drift,
+            drift_delta=drift_delta,
             name=name,
         )
         self.alpha_prior = number("alpha_prior", alpha_prior, 0.0, low_open=True)
@@ -232,12 +241,12 @@ class BetaThompson(BanditPolicy):
         self._beta[rows] += b - self._b0[rows]
         self._a0[rows], self._b0[rows] = a, b
 
-    def update(self, contexts, arms, rewards, weights=None) -> None:
+    def update(self, contexts, arms, rewards, weights=None, action_features=None) -> None:
         """As :meth:`BanditPolicy.update`; ``contexts`` may be None and rewards must lie in [0, 1]."""
         r = np.asarray(rewards, dtype=np.float64)
         if r.size and (np.nanmin(r) < 0 or np.nanmax(r) > 1):
             raise ValueError("rewards must lie in [0, 1] for Beta-Bernoulli Thompson sampling")
-        super().update(contexts, arms, rewards, weights)
+        super().update(contexts, arms, rewards, weights, action_features)
 
     def _mean_var(self, X: np.ndarray, rows: np.ndarray, need_var: bool = True):
         a, b = self._alpha[rows], self._beta[rows]
