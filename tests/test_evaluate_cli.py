@@ -118,7 +118,7 @@ def test_evaluate_item_position_dr_with_constant_rewards_is_the_target_mass(tmp_
 
 
 def test_evaluate_policy_is_scored_before_it_learns_each_batch(tmp_path, capsys):
-    # Diag-LinUCB with alpha = 0 on a bias-only context scores arm a by sum(r_a) / (1 + n_a).
+    # Uncentred Diag-LinUCB (the paper's) with alpha = 0 on a bias-only context scores arm a by sum(r_a) / (1 + n_a).
     # candidates [a, b] (2 events each; tied scores split evenly). Before each event (batch size 1):
     #   1: a 0,   b 0   -> a or b (tie: pi 1/2 each); logged a: w = 1/2 / 0.5, q_target 0, q_hat 0
     #   2: a 1/2, b 0   -> a;  logged b: pi 0, q_target 1/2
@@ -132,7 +132,9 @@ def test_evaluate_policy_is_scored_before_it_learns_each_batch(tmp_path, capsys)
     ]
     log = _write_jsonl(tmp_path / "log.jsonl", rows)
     config = tmp_path / "c.toml"
-    config.write_text('[[learners]]\nkind = "diag_linucb"\nparams = {dim = 2, alpha = 0.0}\n')
+    config.write_text(
+        '[[learners]]\nkind = "diag_linucb"\nparams = {dim = 2, alpha = 0.0, centered = false}\n'
+    )
     report = _json([log, "--policy", "diag_linucb", "--config", str(config), "--batch-size", "1"], capsys)
     est = report["estimates"]
     assert est["IPS"]["value"] == pytest.approx((1 * 1 + 0 + 0 + 2.5 * 0) / 4, abs=1e-9)

@@ -11,7 +11,8 @@ configuration); invalid records are counted and skipped. The target is one of:
 
 ``--policy NAME``
     A bandit policy learned prequentially over the log. ``NAME`` is a configured bandit
-    learner's name, or a kind (linucb, diag_linucb, linear_ts, beta_ts, epsilon_greedy) whose
+    learner's name, or a kind (any of ``POLICY_KINDS``: linucb, diag_linucb, linear_ts, beta_ts,
+    epsilon_greedy, hybrid_linucb, hybrid_ts, bootstrap) whose
     parameters come from the first configured learner of that kind, else the defaults with
     ``dim=16``. For every micro-batch (``--batch-size``) the policy's top-1 decision is taken as a
     distribution over the candidates *before* it learns the batch
