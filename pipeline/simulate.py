@@ -19,6 +19,11 @@ The public face of :mod:`pipeline.simulation` (one module per concern there):
   the best candidate (for regret), ``records(ctx, items, ...)`` the events for the featuriser.
 * :class:`Simulator` (``simulation/stream.py``): the logged stream, as Arrow record batches
   (``features`` is a struct column) or JSON lines, optionally with injected invalid records.
+* :class:`DelayedFeedback` (``simulation/feedback.py``, delays in ``simulation/delays.py``): with
+  ``SimConfig(feedback="delayed")``, exposures (label 0) and each click as its own outcome record
+  (``event_type`` ``"click"``, ``event_id`` ``"o<n>"`` for exposure ``"e<n>"``, the same
+  ``request_id`` and ``item_id``, no features), later by an ``exponential`` or ``heavy_tailed``
+  delay of median ``delay_median_s``, the whole log in event-time order.
 
 Every event follows docs/design.md §3: ``event_id`` ``"e<n>"`` (``n`` = the valid event index), ``ts``
 (ms, increasing with exponential gaps; ``late_fraction`` of them out of order), ``user_id``
@@ -43,11 +48,15 @@ from __future__ import annotations
 
 from pipeline.simulation import (
     CATEGORIES,
+    DELAY_KINDS,
+    DELAY_TRUTH_FIELDS,
     DEVICES,
     DRIFT_KINDS,
+    FEEDBACK_MODES,
     SIM_SCHEMA,
     TRUTH_FIELDS,
     Contexts,
+    DelayedFeedback,
     Drift,
     Environment,
     JsonChunk,
@@ -58,16 +67,21 @@ from pipeline.simulation import (
     default_drifts,
     examination,
     parse_drift,
+    sim_schema,
     to_json_lines,
 )
 
 __all__ = [
     "CATEGORIES",
+    "DELAY_KINDS",
+    "DELAY_TRUTH_FIELDS",
     "DEVICES",
     "DRIFT_KINDS",
+    "FEEDBACK_MODES",
     "SIM_SCHEMA",
     "TRUTH_FIELDS",
     "Contexts",
+    "DelayedFeedback",
     "Drift",
     "Environment",
     "JsonChunk",
@@ -78,5 +92,6 @@ __all__ = [
     "default_drifts",
     "examination",
     "parse_drift",
+    "sim_schema",
     "to_json_lines",
 ]

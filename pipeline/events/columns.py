@@ -19,7 +19,8 @@ features           a struct column ``features`` and every other column that is n
                    field (*flat feature columns*): strings, dictionaries and booleans
                    (``"true"``/``"false"``) are categorical, numbers numeric; columns of
                    other types (lists, structs, binary, timestamps) are left out, and the
-                   file source names them in a warning
+                   file source names them in a warning; the simulator's ground-truth
+                   columns (:data:`GROUND_TRUTH_COLUMNS`) are never features
 =================  =======================================================================
 
 A required field without a column, or an event field whose column type cannot be used at all, is
@@ -45,7 +46,7 @@ import pyarrow as pa
 
 from pipeline.errors import ConfigError
 
-__all__ = ["EVENT_FIELDS", "REQUIRED_FIELDS", "check_schema", "normalize_columns"]
+__all__ = ["EVENT_FIELDS", "GROUND_TRUTH_COLUMNS", "REQUIRED_FIELDS", "check_schema", "normalize_columns"]
 
 EVENT_FIELDS = (
     "event_id",
@@ -64,6 +65,10 @@ REQUIRED_FIELDS = ("event_id", "ts", "user_id", "item_id", "label")
 _ID_FIELDS = frozenset({"event_id", "user_id", "item_id", "event_type", "request_id"})
 _TEXT_ONLY = frozenset({"event_type"})  # a name from a fixed set, not a number
 _EVENT_SET = frozenset(EVENT_FIELDS)
+#: What ``streamlearn simulate --truth`` adds (``TRUTH_FIELDS`` and ``DELAY_TRUTH_FIELDS`` in
+#: pipeline/simulation/records.py): the answers a benchmark scores against. As flat feature
+#: columns they would hand a learner its own label (``clicked``) or the true probability.
+GROUND_TRUTH_COLUMNS = frozenset({"p_click", "p_best", "clicked", "delay_ms"})
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -133,6 +138,8 @@ def check_schema(schema: pa.Schema, source: str) -> list[str]:
     ignored = []
     for field in schema:
         name, t = field.name, field.type
+        if name in GROUND_TRUTH_COLUMNS:
+            continue  # left out by design, not for want of a rule: nothing to warn about
         if name in _ID_FIELDS:
             if not _usable_id(t, name not in _TEXT_ONLY):
                 what = "strings" if name in _TEXT_ONLY else "strings or integers"
@@ -158,6 +165,8 @@ def normalize_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
         return batch
     names, arrays, flat = [], [], []
     for name, col in zip(schema.names, batch.columns):
+        if name in GROUND_TRUTH_COLUMNS:
+            continue
         if name not in _EVENT_SET:
             target = _feature_type(col.type)
             if target is not None:

@@ -7,21 +7,34 @@ from pipeline.lazy import lazy_exports
 # Names are imported on first use (PEP 562): ``streamlearn simulate --help`` reads SimConfig's
 # defaults from .config, which needs neither numpy nor pyarrow.
 _EXPORTS = {
-    "config": ("DRIFT_KINDS", "Drift", "SimConfig", "default_drifts", "parse_drift"),
+    "config": (
+        "DELAY_KINDS",
+        "DRIFT_KINDS",
+        "FEEDBACK_MODES",
+        "Drift",
+        "SimConfig",
+        "default_drifts",
+        "parse_drift",
+    ),
     "environment": ("Contexts", "Environment"),
     "logging_policy": ("LoggingPolicy",),
-    "records": ("SIM_SCHEMA", "TRUTH_FIELDS", "to_json_lines"),
+    "feedback": ("DelayedFeedback",),
+    "records": ("DELAY_TRUTH_FIELDS", "SIM_SCHEMA", "TRUTH_FIELDS", "sim_schema", "to_json_lines"),
     "stream": ("JsonChunk", "Simulator"),
     "world": ("CATEGORIES", "DEVICES", "World", "examination"),
 }
 
 __all__ = [
     "CATEGORIES",
+    "DELAY_KINDS",
+    "DELAY_TRUTH_FIELDS",
     "DEVICES",
     "DRIFT_KINDS",
+    "FEEDBACK_MODES",
     "SIM_SCHEMA",
     "TRUTH_FIELDS",
     "Contexts",
+    "DelayedFeedback",
     "Drift",
     "Environment",
     "JsonChunk",
@@ -32,6 +45,7 @@ __all__ = [
     "default_drifts",
     "examination",
     "parse_drift",
+    "sim_schema",
     "to_json_lines",
 ]
 

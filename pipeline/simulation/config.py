@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 
 from pipeline.errors import ConfigError
 
-__all__ = ["DRIFT_KINDS", "Drift", "SimConfig", "default_drifts", "parse_drift"]
+__all__ = [
+    "DELAY_KINDS",
+    "DRIFT_KINDS",
+    "FEEDBACK_MODES",
+    "Drift",
+    "SimConfig",
+    "default_drifts",
+    "parse_drift",
+]
 
 #: ``abrupt``: every user's preference vector is replaced (rotated towards a fresh one by
 #: ``strength`` x 90 degrees) at once; ``gradual``: the same rotation spread linearly over ``span``
@@ -23,6 +31,13 @@ __all__ = ["DRIFT_KINDS", "Drift", "SimConfig", "default_drifts", "parse_drift"]
 #: offsets of the active items are permuted.
 DRIFT_KINDS = ("abrupt", "gradual", "new_items", "popularity")
 PREFERENCE_KINDS = ("abrupt", "gradual")
+#: ``joined``: one impression per shown item whose ``label`` is already its click; ``delayed``: an
+#: exposure (label 0) per shown item and a separate ``click`` outcome record per click, later by a
+#: delay drawn from ``delay`` (see :mod:`pipeline.simulation.delays`).
+FEEDBACK_MODES = ("joined", "delayed")
+#: ``exponential``: median ``delay_median_s``; ``heavy_tailed``: an exponential body mixed with a
+#: log-normal tail of share ``delay_tail_fraction``, overall median still ``delay_median_s``.
+DELAY_KINDS = ("exponential", "heavy_tailed")
 
 
 @dataclass(frozen=True)
@@ -169,6 +184,21 @@ class SimConfig:
     log_candidates
         Write each event's ``candidates`` (the item ids its request's logging policy chose among),
         so that off-policy evaluation knows the real decision (``streamlearn evaluate --policy``).
+    feedback
+        One of :data:`FEEDBACK_MODES`: ``joined`` (default, labels on the impressions) or
+        ``delayed`` (exposures with label 0, clicks as their own outcome records ``delay`` later,
+        the whole log in event-time order; see :mod:`pipeline.simulation.feedback`).
+    delay
+        ``delayed`` only: one of :data:`DELAY_KINDS`, the distribution of a click's delay.
+    delay_median_s
+        Median delay in seconds, of the whole distribution (both kinds).
+    delay_tail_fraction, delay_tail_median_s, delay_tail_sigma
+        ``heavy_tailed`` only: the share of clicks whose delay comes from the log-normal tail, its
+        median in seconds (default 3 h) and the standard deviation of its log. With the defaults
+        5 % of the clicks come more than 3 h late and 1 % more than about 11 h late.
+    unattributed_fraction
+        ``delayed`` only: share of clicks whose outcome record is never written (a lost
+        attribution); the truth columns still say ``clicked = 1``.
     """
 
     seed: int = 0
@@ -193,6 +223,13 @@ class SimConfig:
     drifts: tuple[Drift, ...] = field(default_factory=tuple)
     run_id: str = ""
     log_candidates: bool = True
+    feedback: str = "joined"
+    delay: str = "exponential"
+    delay_median_s: float = 30.0
+    delay_tail_fraction: float = 0.1
+    delay_tail_median_s: float = 10_800.0
+    delay_tail_sigma: float = 1.0
+    unattributed_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "drifts", tuple(sorted(self.drifts, key=lambda d: d.at_event)))
@@ -213,6 +250,33 @@ class SimConfig:
         _check(0.0 <= self.late_fraction <= 1.0, f"late_fraction must be in [0, 1], got {self.late_fraction}")
         _check(self.max_lateness_ms >= 1, f"max_lateness_ms must be >= 1, got {self.max_lateness_ms}")
         self._check_drifts()
+        self._check_feedback()
+
+    def _check_feedback(self) -> None:
+        _check(
+            self.feedback in FEEDBACK_MODES,
+            f"feedback must be one of {', '.join(FEEDBACK_MODES)}, got {self.feedback!r}",
+        )
+        _check(
+            self.delay in DELAY_KINDS, f"delay must be one of {', '.join(DELAY_KINDS)}, got {self.delay!r}"
+        )
+        _check(self.delay_median_s > 0, f"delay_median_s must be > 0, got {self.delay_median_s}")
+        if self.delay == "heavy_tailed":
+            # below one half the mixture's median can always be put at delay_median_s (delays.py)
+            _check(
+                0.0 <= self.delay_tail_fraction < 0.5,
+                f"delay_tail_fraction must be in [0, 0.5), got {self.delay_tail_fraction}",
+            )
+            _check(
+                self.delay_tail_median_s >= self.delay_median_s,
+                f"delay_tail_median_s must be >= delay_median_s ({self.delay_median_s:g}), "
+                f"got {self.delay_tail_median_s:g}",
+            )
+            _check(self.delay_tail_sigma > 0, f"delay_tail_sigma must be > 0, got {self.delay_tail_sigma}")
+        _check(
+            0.0 <= self.unattributed_fraction < 1.0,
+            f"unattributed_fraction must be in [0, 1), got {self.unattributed_fraction}",
+        )
 
     def _check_drifts(self) -> None:
         busy_until = 0

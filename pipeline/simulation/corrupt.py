@@ -12,8 +12,17 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-__all__ = ["ARROW_KINDS", "JSON_KINDS", "insert_rows", "invalid_count", "invalid_json", "invalid_rows"]
+__all__ = [
+    "ARROW_KINDS",
+    "JSON_KINDS",
+    "injected",
+    "insert_rows",
+    "invalid_count",
+    "invalid_json",
+    "invalid_rows",
+]
 
 ARROW_KINDS = ("nan_label", "bad_propensity", "unknown_event_type", "missing_field", "negative_position")
 JSON_KINDS = (*ARROW_KINDS, "malformed_json", "wrong_type", "bad_timestamp", "not_an_object")
@@ -73,6 +82,12 @@ def invalid_json(batch: pa.RecordBatch, m: int, rng: np.random.Generator) -> lis
             text = b"[" + text + b"]"
         out.append(text)
     return out
+
+
+def injected(batch: pa.RecordBatch) -> np.ndarray:
+    """Which rows of ``batch`` are injected invalid records: ``event_id`` null or ``bad-...``."""
+    ids = batch.column("event_id")
+    return pc.or_kleene(pc.is_null(ids), pc.starts_with(ids, "bad-")).to_numpy(zero_copy_only=False)
 
 
 def insert_rows(n_valid: int, m: int, rng: np.random.Generator) -> np.ndarray:

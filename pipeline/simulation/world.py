@@ -43,9 +43,16 @@ _MEDIAN_PRICE = 12.0
 
 # Independent random streams, one per purpose, so that e.g. injecting invalid records or changing the
 # lateness never changes the world or the traffic.
-STREAM_WORLD, STREAM_DRIFT, STREAM_TRAFFIC, STREAM_REWARD, STREAM_LOGGING, STREAM_INVALID, STREAM_LOGMODEL = (
-    range(7)
-)
+(
+    STREAM_WORLD,
+    STREAM_DRIFT,
+    STREAM_TRAFFIC,
+    STREAM_REWARD,
+    STREAM_LOGGING,
+    STREAM_INVALID,
+    STREAM_LOGMODEL,
+    STREAM_DELAY,
+) = range(8)
 
 
 def rng_for(seed: int, *key: int) -> np.random.Generator:
