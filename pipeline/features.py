@@ -31,7 +31,7 @@ import pyarrow as pa
 from pipeline.events import EventBatch
 from pipeline.hashing import combine, hash_one, hash_repeated_strings, hash_strings
 
-__all__ = ["BIAS_KEY", "FeatureBatch", "FeatureSpec", "Featurizer"]
+__all__ = ["BIAS_KEY", "FeatureBatch", "FeatureSpec", "Featurizer", "concat_features"]
 
 BIAS_KEY = np.uint64(hash_one("bias", namespace="__bias__"))
 
@@ -63,6 +63,12 @@ class FeatureBatch:
     ``keys[indptr[r]:indptr[r+1]]`` and ``values[...]`` are row r's hashed features.
     ``categorical`` keeps ``(rows, name_hashes, keys)`` of the categorical features, one entry
     per (event, feature), so that consumers can pick one feature's keys without re-hashing strings.
+    ``weights`` (float64, one per row, finite and >= 0; None: every weight is 1) multiply each
+    example's loss term when a learner learns the batch: 0 leaves the example out, an integer k
+    counts it k times where a model is a sum of statistics (docs/architecture.md, "Example
+    weights"). The featuriser never sets them; callers do, with
+    ``dataclasses.replace(batch, weights=w)``, and learners check them
+    (:func:`pipeline.learners.checks.example_weights`).
     """
 
     events: EventBatch
@@ -73,6 +79,7 @@ class FeatureBatch:
     item_hash: np.ndarray
     numeric: dict[str, np.ndarray] = field(default_factory=dict)
     categorical: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.events)
@@ -82,6 +89,11 @@ class FeatureBatch:
         return self.events.label
 
     @property
+    def sample_weights(self) -> np.ndarray:
+        """The example weights, ones where none are set (unchecked: see ``weights``)."""
+        return np.ones(len(self)) if self.weights is None else self.weights
+
+    @property
     def row_of_nnz(self) -> np.ndarray:
         """Row index of every stored feature (length ``nnz``)."""
         return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.indptr))
@@ -89,6 +101,48 @@ class FeatureBatch:
     def slots(self, bits: int) -> np.ndarray:
         """Feature keys folded into a table of ``2**bits`` slots (int64)."""
         return (self.keys & np.uint64((1 << bits) - 1)).astype(np.int64)
+
+
+def concat_features(a: FeatureBatch, b: FeatureBatch) -> FeatureBatch:
+    """The rows of ``a`` then those of ``b``: what one :meth:`Featurizer.transform` of both batches'
+    events would give under the same statistics (tested), without featurising either again."""
+    if not len(b):
+        return a
+    if not len(a):
+        return b
+    n_a, n_b = len(a), len(b)
+    events = EventBatch(
+        pa.Table.from_batches([a.events.table, b.events.table]).combine_chunks().to_batches()[0]
+    )
+    numeric = {
+        name: np.concatenate(
+            [a.numeric.get(name, np.full(n_a, np.nan)), b.numeric.get(name, np.full(n_b, np.nan))]
+        )
+        for name in sorted(set(a.numeric) | set(b.numeric))
+    }
+    categorical = None
+    if a.categorical is not None or b.categorical is not None:
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+        ca, cb = a.categorical or empty, b.categorical or empty
+        categorical = (
+            np.concatenate([ca[0], cb[0] + n_a]),
+            np.concatenate([ca[1], cb[1]]),
+            np.concatenate([ca[2], cb[2]]),
+        )
+    weights = None
+    if a.weights is not None or b.weights is not None:
+        weights = np.concatenate([a.sample_weights, b.sample_weights])
+    return FeatureBatch(
+        events=events,
+        indptr=np.concatenate([a.indptr, b.indptr[1:] + a.indptr[-1]]),
+        keys=np.concatenate([a.keys, b.keys]),
+        values=np.concatenate([a.values, b.values]),
+        user_hash=np.concatenate([a.user_hash, b.user_hash]),
+        item_hash=np.concatenate([a.item_hash, b.item_hash]),
+        numeric=numeric,
+        categorical=categorical,
+        weights=weights,
+    )
 
 
 class _Welford:

@@ -18,6 +18,17 @@ ValueError: bits must be an integer in [4, 30], got 40
 Traceback (most recent call last):
 ...
 ValueError: unknown parameter 'alhpa' (did you mean 'alpha'?); allowed: alpha, beta
+
+The example weights of a batch (``FeatureBatch.weights``) are checked once, here, for every learner:
+
+>>> check_weights(np.array([0.5, 2.0]), 2).tolist()
+[0.5, 2.0]
+>>> check_weights(np.ones(3), 3) is None  # all ones: the learner's unweighted path
+True
+>>> check_weights(np.array([1.0, -0.5]), 2)
+Traceback (most recent call last):
+...
+ValueError: weights must be >= 0, got -0.5 at row 1
 """
 
 from __future__ import annotations
@@ -26,11 +37,14 @@ import difflib
 import inspect
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["allowed_keywords", "integer", "keywords", "number"]
+if TYPE_CHECKING:
+    from pipeline.features import FeatureBatch
+
+__all__ = ["allowed_keywords", "check_weights", "example_weights", "integer", "keywords", "number"]
 
 
 def number(
@@ -80,3 +94,31 @@ def keywords(factory: Callable[..., Any], params: dict[str, Any]) -> dict[str, A
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ValueError(f"unknown parameter {key!r}{hint}; allowed: {', '.join(sorted(allowed))}")
     return params
+
+
+def check_weights(weights: Any, n: int) -> np.ndarray | None:
+    """``weights`` as float64 if they are ``n`` finite numbers >= 0; None if every one is 1.
+
+    Returning None for all ones lets a learner run its unweighted code, so that a batch with unit
+    weights learns bit for bit what a batch without weights does. Bad weights are the caller's
+    bug: the :class:`ValueError` names ``weights`` and the first offending row.
+    """
+    try:
+        w = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"weights must be numbers, one per example: {exc}") from None
+    if w.shape != (n,):
+        raise ValueError(f"weights must have shape ({n},), one per example, got {w.shape}")
+    finite = np.isfinite(w)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise ValueError(f"weights must be finite, got {float(w[row])!r} at row {row}")
+    if n and w.min() < 0.0:
+        row = int(np.argmin(w))
+        raise ValueError(f"weights must be >= 0, got {float(w[row])!r} at row {row}")
+    return None if (w == 1.0).all() else w
+
+
+def example_weights(batch: FeatureBatch) -> np.ndarray | None:
+    """The checked ``batch.weights`` (:func:`check_weights`): None when unset or all ones."""
+    return None if batch.weights is None else check_weights(batch.weights, len(batch))

@@ -13,6 +13,10 @@ A micro-batch is one FTRL step: the gradient of each coordinate is summed over t
 (``np.bincount``), then ``sigma = (sqrt(n + g²) - sqrt(n)) / alpha``, ``z += g - sigma w`` and
 ``n += g²``. With batch size 1 this is exactly the per-event algorithm.
 
+Example weights (``FeatureBatch.weights``) multiply each event's loss, hence its gradient: event
+r contributes ``w_r (p_r - y_r) x_r`` to ``g`` (and so to ``n`` through ``g²``), so weight 0
+leaves the state untouched.
+
 Examples
 --------
 >>> import numpy as np
@@ -35,7 +39,7 @@ import numpy as np
 
 from pipeline.features import FeatureBatch
 from pipeline.learners.base import Learner, StateBundle
-from pipeline.learners.checks import integer, number
+from pipeline.learners.checks import example_weights, integer, number
 
 __all__ = ["FTRL"]
 
@@ -102,6 +106,9 @@ class FTRL(Learner):
         labels = np.clip(batch.labels, 0.0, 1.0)
         # d logloss / d margin = p - y, spread to every feature of the row
         g_row = predictions - labels
+        weights = example_weights(batch)
+        if weights is not None:  # a weighted loss: each event's gradient times its weight
+            g_row = g_row * weights
         g_nnz = g_row[batch.row_of_nnz] * batch.values
         uniq, inverse = self._group(slots)
         g = np.bincount(inverse, weights=g_nnz, minlength=len(uniq))

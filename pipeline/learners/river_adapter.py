@@ -7,6 +7,14 @@ becomes a river feature dict: ``user_id=<u>``, ``item_id=<i>`` and each categori
 a time, so this learner is per-event Python by nature: it is the baseline the vectorised
 learners are measured against.
 
+Example weights (``FeatureBatch.weights``): an estimator whose ``learn_one`` takes ``w`` (the
+last step's, for a pipeline: river routes ``w`` to the steps that take it, e.g.
+``linear_model.LogisticRegression``) gets each event's weight; an event of weight 0 is not learned
+at all. Other estimators learn an event ``floor(w)`` times, and once more with probability
+``frac(w)`` (stochastic rounding, so the expected count is ``w``). The draw is a uniform taken from
+the hash of the event's id and label, not from a generator: it is the same in every run and
+every batching, and needs no state in the snapshot.
+
 State is saved with :mod:`pipeline.learners.safe_state` (JSON, allow-listed classes; no pickle).
 
 Examples
@@ -25,16 +33,18 @@ Examples
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.features import FeatureBatch
+from pipeline.hashing import combine, hash_strings
 from pipeline.learners.base import Learner, StateBundle
-from pipeline.learners.checks import keywords
+from pipeline.learners.checks import example_weights, keywords
 from pipeline.learners.safe_state import dumps, loads
 
-__all__ = ["RiverLearner", "build_river_estimator", "event_dicts"]
+__all__ = ["RiverLearner", "build_river_estimator", "event_dicts", "learns_with_weights", "repeats"]
 
 
 def build_river_estimator(spec: str, params: dict | None = None):
@@ -87,6 +97,34 @@ def event_dicts(batch: FeatureBatch) -> list[dict]:
     return out
 
 
+def learns_with_weights(model) -> bool:
+    """Whether ``model.learn_one`` takes a sample weight ``w`` (a pipeline: its last step's)."""
+    steps = getattr(model, "steps", None)  # compose.Pipeline
+    final = list(steps.values())[-1] if isinstance(steps, dict) and steps else model
+    return "w" in inspect.signature(final.learn_one).parameters
+
+
+def repeats(batch: FeatureBatch, weights: np.ndarray) -> np.ndarray:
+    """How often to learn each event for estimators without ``w``: ``floor(w)``, plus one with
+    probability ``frac(w)``, the uniform drawn from the hash of the event's id and label.
+
+    >>> from pipeline.events import decode_json, EventRules
+    >>> from pipeline.features import Featurizer
+    >>> rows = [b'{"event_id":"e%d","ts":%d,"user_id":"u","item_id":"i","label":0}' % (i, i)
+    ...         for i in range(4000)]
+    >>> fb = Featurizer().transform(decode_json(rows, EventRules())[0])
+    >>> k = repeats(fb, np.full(len(fb), 1.25))
+    >>> sorted(set(k.tolist())), bool(abs(k.mean() - 1.25) < 0.02)
+    ([1, 2], True)
+    """
+    h = combine(
+        hash_strings(batch.events.column("event_id"), "river_weight"), (batch.labels > 0).astype(np.uint64)
+    )
+    uniform = (h >> np.uint64(11)).astype(np.float64) * 2.0**-53  # 53 random bits -> [0, 1)
+    whole = np.floor(weights)
+    return (whole + (uniform < weights - whole)).astype(np.int64)
+
+
 class RiverLearner(Learner):
     """Wraps a river binary classifier.
 
@@ -132,8 +170,21 @@ class RiverLearner(Learner):
 
     def learn(self, batch: FeatureBatch, predictions: np.ndarray) -> None:
         learn_one = self._model.learn_one
-        for x, y in zip(self._dicts(batch), (batch.labels > 0).tolist()):
-            learn_one(x, y)
+        events = zip(self._dicts(batch), (batch.labels > 0).tolist())
+        weights = example_weights(batch)
+        if weights is None:
+            for x, y in events:
+                learn_one(x, y)
+        elif learns_with_weights(self._model):
+            for (x, y), w in zip(events, weights.tolist()):
+                # weight 0: not learned at all, since a river optimiser's step moves the weights
+                # even with a zero gradient (Adam's momentum) and counts the iteration
+                if w > 0:
+                    learn_one(x, y, w=w)
+        else:
+            for (x, y), k in zip(events, repeats(batch, weights).tolist()):
+                for _ in range(k):
+                    learn_one(x, y)
         self._cache = None
 
     def state(self) -> StateBundle:

@@ -47,7 +47,7 @@ from pipeline.learners.bandits.embeddings import FrozenEmbeddings, check_parts
 from pipeline.learners.bandits.kernels import from_column, row_chunks
 from pipeline.learners.bandits.monitor import PolicyMonitor
 from pipeline.learners.base import Policy, StateBundle
-from pipeline.learners.checks import integer, number
+from pipeline.learners.checks import example_weights, integer, number
 from pipeline.ope import SNIPS
 
 __all__ = ["DEFAULT_DIM", "DEFAULT_DRIFT_DELTA", "BanditPolicy", "context_vectors"]
@@ -140,6 +140,9 @@ class BanditPolicy(Policy):
     #: True for shared-parameter policies that score (context, item features) pairs
     #: (:mod:`.hybrid`); the per-arm policies take no ``action_features``
     uses_action_features = False
+    #: with the delayed-feedback join a policy learns an exposure's final reward only, never a
+    #: provisional 0 (pipeline/runner.py; docs/delayed_feedback.md)
+    learns_final_labels = True
 
     def __init__(
         self,
@@ -559,9 +562,17 @@ class BanditPolicy(Policy):
         return np.clip(mean[:, 0], 0.0, 1.0)
 
     def learn(self, batch: FeatureBatch, predictions: np.ndarray | None = None) -> None:
-        """Update with item = action and label = reward (``predictions`` are not needed)."""
+        """Update with item = action and label = reward (``predictions`` are not needed).
+
+        The batch's example weights (``FeatureBatch.weights``) multiply each event's weight in the
+        sufficient statistics, after the importance weights and their ``max_weight`` clip: weight 0
+        adds nothing to them, integer k adds the event k times. As with :meth:`update`'s
+        ``weights``, the rest counts events as they come, unweighted: ``pulls`` and
+        ``reward_sum``, the gauges, the drift watch and the ``gamma`` discount (per event).
+        """
         if not len(batch):
             return
+        example = example_weights(batch)
         rows = self._batch_rows(batch)
         r = np.asarray(batch.labels, dtype=np.float64)
         w = np.ones(len(batch))
@@ -569,6 +580,8 @@ class BanditPolicy(Policy):
             p = batch.events.propensity
             w = np.where(np.isfinite(p) & (p > 0), 1.0 / np.where(p > 0, p, 1.0), 1.0)
             w = np.minimum(w, self.max_weight)
+        if example is not None:
+            w = w * example
         X = self.batch_contexts(batch)
         if self.gauge_window:
             self._monitor.evaluate(self, batch, X, rows)  # before learning: prequential

@@ -303,13 +303,18 @@ class KeyCenter:
         mean = self.mean
         return keys if mean is None else keys - mean.astype(keys.dtype)
 
-    def update(self, keys: np.ndarray, decay: float = 1.0) -> None:
+    def update(self, keys: np.ndarray, decay: float = 1.0, weights: np.ndarray | None = None) -> None:
+        """Decay, then absorb ``keys`` (each with its example weight; None: all 1)."""
         if len(keys) == 0:
             return
         if self.total.shape != (keys.shape[1],):
             self.total, self.weight = np.zeros(keys.shape[1]), 0.0
-        self.total = self.total * decay + np.einsum("nd->d", keys)  # einsum: no BLAS, no strided reduce
-        self.weight = self.weight * decay + len(keys)
+        if weights is None:
+            self.total = self.total * decay + np.einsum("nd->d", keys)  # einsum: no BLAS, no strided reduce
+            self.weight = self.weight * decay + len(keys)
+        else:
+            self.total = self.total * decay + np.einsum("n,nd->d", weights, keys)
+            self.weight = self.weight * decay + float(weights.sum())
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"key_sum": self.total.copy(), "key_weight": np.array([self.weight])}

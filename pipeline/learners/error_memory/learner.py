@@ -4,10 +4,12 @@
 ``clip(y_base + λ · y_err, 0, 1)`` (see :mod:`pipeline.learners.error_memory.memory`). ``learn``
 trains the base with its *own* predictions ``y_base`` — the base never sees compensated scores,
 so its trajectory is exactly that of the base alone — and then writes ``(y, y_base)`` into the
-memory. What the last predicted batch was served (``y_base``, keys, memory slots) is kept, so the
-runner's predict-then-learn pays for the base's forward pass and the hashing once. ``serve`` and
-``remember`` are the two halves without the base's training (e.g. to refresh the memory while the
-base is retrained elsewhere); ``replace_base`` swaps the model and empties the memory.
+memory. Example weights (``FeatureBatch.weights``) reach both: the base learns the batch with
+them, and the memory adds ``w``, ``w · y`` and ``w · y_base`` per event. What the last predicted
+batch was served (``y_base``, keys, memory slots) is kept, so the runner's predict-then-learn pays
+for the base's forward pass and the hashing once. ``serve`` and ``remember`` are the two halves
+without the base's training (e.g. to refresh the memory while the base is retrained elsewhere);
+``replace_base`` swaps the model and empties the memory.
 
 The key is the base's ``representation(batch)`` when it has one (the neural ranker's last hidden
 layer; ``predict_with_representation(batch) -> (p, keys)``, if the base offers it, saves the
@@ -42,7 +44,7 @@ import numpy as np
 
 from pipeline.features import FeatureBatch
 from pipeline.learners.base import Learner, StateBundle
-from pipeline.learners.checks import integer
+from pipeline.learners.checks import example_weights, integer
 from pipeline.learners.error_memory.keys import KeyCenter, SimHash, check_key_fields, field_keys, hashed_keys
 from pipeline.learners.error_memory.memory import ErrorMemory
 from pipeline.observers import GaugeSource
@@ -229,6 +231,7 @@ class ErrorMemoryLearner(Learner):
     def learn(self, batch: FeatureBatch, predictions: np.ndarray) -> None:
         if len(batch) == 0:
             return
+        example_weights(batch)  # bad weights raise here, before the base has learned anything
         # the batch just predicted keeps what it was served; another one is served now, before the base learns
         served = (
             self._served[1] if self._served is not None and self._served[0] is batch else self.serve(batch)
@@ -238,10 +241,17 @@ class ErrorMemoryLearner(Learner):
         self.remember(batch, served)
 
     def remember(self, batch: FeatureBatch, served: Served) -> None:
-        """Write a served batch into the memory (and the key mean) without training the base."""
-        self._memory.write_slots(served.slots, np.clip(batch.labels, 0.0, 1.0), served.y_base)
+        """Write a served batch into the memory (and the key mean) without training the base.
+
+        Each event counts with its example weight (``batch.weights``) in the buckets' sums and the
+        key mean; a batch without a positive weight changes neither, not even by the decay.
+        """
+        weights = example_weights(batch)
+        if weights is not None and not weights.any():
+            return
+        self._memory.write_slots(served.slots, np.clip(batch.labels, 0.0, 1.0), served.y_base, weights)
         if self.center:
-            self._center.update(served.keys, self._memory.decay)
+            self._center.update(served.keys, self._memory.decay, weights)
 
     def replace_base(self, base: Learner | None = None) -> None:
         """Swap in a new base model (default: a fresh one of the same kind) and empty the memory.

@@ -23,7 +23,9 @@ base prediction, and so does every event while the memory is empty.
 
 Write: ``count += 1``, ``Σy += y``, ``Σy_base += y_base`` in each table, after multiplying every
 sum by ``decay`` (once per written batch), so old errors fade and buckets whose decayed support
-falls to ``min_count`` count as empty again.
+falls to ``min_count`` count as empty again. With example weights an event adds ``w``, ``w · y``
+and ``w · y_base`` (an integer weight k: the event written k times); a batch without a positive
+weight writes nothing, not even the decay.
 
 Examples
 --------
@@ -208,13 +210,20 @@ class ErrorMemory:
         return np.maximum(0.0, 1.0 - ratio)
 
     # ------------------------------------------------------------------------------ write
-    def write(self, buckets: np.ndarray, labels: np.ndarray, y_base: np.ndarray) -> None:
-        """Decay every sum once, then add each event to its bucket in every table."""
-        self.write_slots(self.slots(buckets), labels, y_base)
+    def write(
+        self, buckets: np.ndarray, labels: np.ndarray, y_base: np.ndarray, weights: np.ndarray | None = None
+    ) -> None:
+        """Decay every sum once, then add each event to its bucket in every table.
 
-    def write_slots(self, slots: np.ndarray, labels: np.ndarray, y_base: np.ndarray) -> None:
+        ``weights`` (checked by the caller, >= 0; None: all 1) weigh each event's count and sums.
+        """
+        self.write_slots(self.slots(buckets), labels, y_base, weights)
+
+    def write_slots(
+        self, slots: np.ndarray, labels: np.ndarray, y_base: np.ndarray, weights: np.ndarray | None = None
+    ) -> None:
         """:meth:`write` for positions from :meth:`slots`."""
-        if slots.size == 0:
+        if slots.size == 0 or (weights is not None and not weights.any()):
             return
         if self.decay != 1.0 and not self._empty:
             self._scale *= self.decay
@@ -228,9 +237,15 @@ class ErrorMemory:
             self._tiled = np.empty(flat.size)
         tiled = self._tiled[: flat.size]
         self._empty = False
-        np.add.at(self._count, flat, unit)
+        if weights is None:
+            step: float | np.ndarray = unit
+            np.add.at(self._count, flat, unit)
+        else:
+            step = weights * unit  # one per event
+            np.copyto(tiled.reshape(slots.shape), step)
+            np.add.at(self._count, flat, tiled)
         for total, values in ((self._sum_y, labels), (self._sum_ybase, y_base)):
-            np.multiply(values, unit, out=tiled.reshape(slots.shape), casting="unsafe")
+            np.multiply(values, step, out=tiled.reshape(slots.shape), casting="unsafe")
             np.add.at(total, flat, tiled)
 
     # ------------------------------------------------------------------------------ state

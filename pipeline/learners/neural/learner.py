@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from pipeline.features import FeatureBatch
 from pipeline.learners.base import Learner, StateBundle
-from pipeline.learners.checks import integer, number
+from pipeline.learners.checks import example_weights, integer, number
 from pipeline.learners.neural import persist
 from pipeline.learners.neural.checkpoint import Checkpoint, load_checkpoint
 from pipeline.learners.neural.encode import FieldSlots, HashedBatch, hash_batch
@@ -295,28 +295,51 @@ class NeuralRanker(Learner):
         return 1.0 / (1.0 + np.exp(-logits)), rep.numpy()
 
     def learn(self, batch: FeatureBatch, predictions: np.ndarray) -> None:
+        """One optimiser step on ``batch`` (and a replay sample), its loss weighted per example.
+
+        With example weights (``FeatureBatch.weights``) the logloss is ``mean(w · loss)`` over the
+        events of the step, the normalisation of the unweighted loss; replayed events keep the
+        weight they were learned with. Events of weight 0 are dropped first, so they have no
+        effect at all (no id admission, no replay, not counted in the mean), and a batch without
+        a positive weight is no step (Adam would move the weights even with a zero gradient).
+        Field slots are still assigned from every event's feature names. The rank penalty is not
+        weighted: it ties the model to the warm start, it is not a loss of the examples.
+        """
         n = len(batch)
         if n == 0:
             return
+        weights = example_weights(batch)
         hb = self._hash(batch, grow=True)
         labels = np.clip(np.asarray(batch.labels, np.float64), 0.0, 1.0).astype(np.float32)
+        if weights is not None:
+            keep = np.flatnonzero(weights > 0)
+            if not len(keep):
+                return
+            if len(keep) < n:
+                hb, labels, n = hb.take(keep), labels[keep], len(keep)
+            weights = weights[keep].astype(np.float32)
         self._clock += n
         rows = self._rows(hb, admit=True)
         y = torch.from_numpy(labels)
+        w = None if weights is None else torch.from_numpy(weights)
         if self._replay is not None and len(self._replay) and self.replay_ratio > 0:
             k = max(1, round(self.replay_ratio * n))
-            old, old_y = self._replay.sample(k, self._rng)
+            old, old_y, old_w = self._replay.sample_weighted(k, self._rng)
             rows = rows.cat(self._rows(old))
             y = torch.cat([y, torch.from_numpy(old_y)])
             hb = HashedBatch.concat([hb, old])
-        self._fit(rows, y, hb)
+            if w is not None or (old_w != 1.0).any():
+                w = torch.cat([torch.ones(n) if w is None else w, torch.from_numpy(old_w)])
+        self._fit(rows, y, hb, w)
         if self._replay is not None:
-            self._replay.push(hb.take(np.arange(n)), labels)
+            self._replay.push(hb.take(np.arange(n)), labels, weights)
 
-    def _fit(self, rows: Rows, y: torch.Tensor, hb: HashedBatch | None = None) -> float:
-        """One optimiser step on ``rows`` / ``y``; returns the logloss."""
+    def _fit(
+        self, rows: Rows, y: torch.Tensor, hb: HashedBatch | None = None, weights: torch.Tensor | None = None
+    ) -> float:
+        """One optimiser step on ``rows`` / ``y`` (logloss ``mean(weights · loss)``); returns that loss."""
         logits = self._model(rows)
-        loss = F.binary_cross_entropy_with_logits(logits, y)
+        loss = F.binary_cross_entropy_with_logits(logits, y, weight=weights)
         total = loss
         if self._anchor is not None and hb is not None:
             anchor, anchor_vocabs = self._anchor

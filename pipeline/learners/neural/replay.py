@@ -4,6 +4,8 @@ Fine-tuning on one micro-batch at a time follows the newest data closely but for
 overreacts to a noisy batch; replaying a uniform sample of the last ``capacity`` events (as hashed
 inputs, see :class:`~pipeline.learners.neural.encode.HashedBatch`) smooths each step. Rows are
 looked up again at replay time, so an id evicted meanwhile simply falls back to the shared row.
+Each event keeps its example weight, so that a replayed event weighs in its loss as it did when
+first learned (a snapshot from before weights were kept restores them as 1).
 
 Examples
 --------
@@ -23,7 +25,7 @@ from pipeline.learners.neural.encode import HashedBatch
 
 __all__ = ["ReplayBuffer"]
 
-_FIELDS = ("user", "item", "cat", "dense", "label")
+_FIELDS = ("user", "item", "cat", "dense", "label", "weight")
 
 
 class ReplayBuffer:
@@ -39,6 +41,7 @@ class ReplayBuffer:
             "cat": np.zeros((capacity, max_fields), np.uint64),
             "dense": np.zeros((capacity, max_dense), np.float32),
             "label": np.zeros(capacity, np.float32),
+            "weight": np.ones(capacity, np.float32),
         }
         self._pos = 0
         self._size = 0
@@ -46,26 +49,36 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self._size
 
-    def push(self, hb: HashedBatch, labels: np.ndarray) -> None:
+    def push(self, hb: HashedBatch, labels: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """Keep ``hb``'s events with their labels and example weights (None: all 1)."""
         m = len(hb)
         skip = max(0, m - self.capacity)  # only the newest `capacity` of a huge batch survive
         idx = (self._pos + np.arange(m - skip)) % self.capacity
-        for name, values in zip(_FIELDS, (hb.user, hb.item, hb.cat, hb.dense, labels)):
+        w = np.ones(m, np.float32) if weights is None else weights
+        for name, values in zip(_FIELDS, (hb.user, hb.item, hb.cat, hb.dense, labels, w)):
             self._a[name][idx] = values[skip:]
         self._pos = int((self._pos + m - skip) % self.capacity)
         self._size = min(self.capacity, self._size + m - skip)
 
     def sample(self, k: int, rng: np.random.Generator) -> tuple[HashedBatch, np.ndarray]:
         """``k`` events drawn uniformly with replacement, and their labels."""
+        return self.sample_weighted(k, rng)[:2]
+
+    def sample_weighted(self, k: int, rng: np.random.Generator) -> tuple[HashedBatch, np.ndarray, np.ndarray]:
+        """:meth:`sample`, with the events' example weights."""
         idx = rng.integers(0, self._size, size=k)
         a = self._a
-        return HashedBatch(a["user"][idx], a["item"][idx], a["cat"][idx], a["dense"][idx]), a["label"][idx]
+        hb = HashedBatch(a["user"][idx], a["item"][idx], a["cat"][idx], a["dense"][idx])
+        return hb, a["label"][idx], a["weight"][idx]
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         return {f"replay.{k}": v.copy() for k, v in self._a.items()}, {"pos": self._pos, "size": self._size}
 
     def load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, int]) -> None:
         for k, v in self._a.items():
+            if k == "weight" and "replay.weight" not in arrays:  # saved before weights were kept
+                self._a[k] = np.ones_like(v)
+                continue
             new = np.asarray(arrays[f"replay.{k}"])
             if new.shape != v.shape:
                 raise ValueError(f"replay buffer {k} has shape {new.shape}, expected {v.shape}")
