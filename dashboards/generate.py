@@ -261,6 +261,46 @@ def overview() -> dict:
             ],
             unit="s",
         ),
+        row("Delayed-feedback join"),
+        panel(
+            "Open exposures and pending outcomes",
+            "timeseries",
+            [
+                q(f"sum(streamlearn_join_open_exposures{{{JOB}}})", "open exposures"),
+                q(f"sum(streamlearn_join_pending_outcomes{{{JOB}}})", "outcomes before their exposure"),
+            ],
+            desc="Exposures waiting for outcomes, bounded by join.max_open / join.max_open_bytes (docs/delayed_feedback.md).",
+        ),
+        panel(
+            "Join outcomes",
+            "timeseries",
+            [
+                q(
+                    f'sum by (outcome) (rate(streamlearn_join_events_total{{{JOB}, outcome=~"attributed|orphans|after_window|evicted|closed"}}[{RI}]))',
+                    "{{outcome}}",
+                )
+            ],
+            unit="ops",
+            desc="Orphans: outcomes whose exposure never came; evicted: exposures closed early over the store's bounds.",
+        ),
+        panel(
+            "Join latency (exposure to final label, event time)",
+            "timeseries",
+            [
+                q(
+                    f"histogram_quantile({p}, sum by (le) (rate(streamlearn_join_latency_seconds_bucket{{{JOB}}}[{RI}])))",
+                    f"p{int(p * 100)}",
+                )
+                for p in (0.5, 0.95)
+            ],
+            unit="s",
+        ),
+        panel(
+            "Open exposure bytes",
+            "timeseries",
+            [q(f"sum(streamlearn_join_open_bytes{{{JOB}}})", "bytes")],
+            unit="bytes",
+        ),
         row("Dead letters"),
         panel(
             "Dead letters by reason",
@@ -291,7 +331,7 @@ def overview() -> dict:
     return dashboard(
         "streamlearn-overview",
         "streamlearn / Overview",
-        "Throughput, consumer lag, freshness and dead letters.",
+        "Throughput, consumer lag, freshness, the delayed-feedback join and dead letters.",
         panels,
         annotations=(drift_annotation(),),
     )

@@ -34,6 +34,7 @@ from typing import Any
 from pipeline.drift.settings import DriftSettings
 from pipeline.errors import ConfigError, require
 from pipeline.events.reasons import DEFAULT_EVENT_TYPES
+from pipeline.join.settings import JoinConfig
 
 __all__ = ["Config", "LearnerSpec", "config_hash", "load_config"]
 
@@ -204,6 +205,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     drift: DriftSettings = field(default_factory=DriftSettings)
+    join: JoinConfig = field(default_factory=JoinConfig)
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -354,5 +356,8 @@ def load_config(
 
 def config_hash(config: Config) -> str:
     """sha256 of the model-relevant configuration (recorded in snapshots to catch mismatches)."""
-    relevant = {k: v for k, v in config.to_dict().items() if k in ("events", "features", "learners", "seed")}
+    data = config.to_dict()
+    relevant = {k: v for k, v in data.items() if k in ("events", "features", "learners", "seed")}
+    if config.join.enabled:  # only then: snapshots written before the join existed keep their hash
+        relevant["join"] = data["join"]
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()

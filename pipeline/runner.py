@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +33,8 @@ from pipeline.dedup import Deduplicator, LatenessTracker
 from pipeline.evaluation import WindowedMetrics
 from pipeline.events import DeadLetter, EventBatch, EventRules, attach_origins, decode_arrow, decode_json
 from pipeline.events.time_units import TimestampPlausibility
-from pipeline.features import FeatureBatch, FeatureSpec, Featurizer
+from pipeline.features import FeatureBatch, FeatureSpec, Featurizer, concat_features
+from pipeline.join.settings import JoinConfig
 from pipeline.learners.base import Learner, StateBundle
 from pipeline.learners.registry import build_learner
 from pipeline.observers import DriftEventSource, RunnerObserver, StatefulObserver
@@ -73,7 +75,12 @@ class DeadLetterSink(Protocol):
 
 @dataclass
 class BatchResult:
-    """What one micro-batch did; handed to every observer."""
+    """What one micro-batch did; handed to every observer.
+
+    ``events`` and ``predictions`` are the examples whose labels are final, with the predictions
+    they are evaluated on: the batch's events, or with the join (``[join]``) the exposures that
+    became final, with the predictions made when they arrived (docs/delayed_feedback.md).
+    """
 
     records: int
     applied: int
@@ -86,6 +93,7 @@ class BatchResult:
     durations: dict[str, float]
     positions: dict[str, int]
     applied_at_ms: int
+    first_effect_ts: np.ndarray | None = None  # event times of the examples that changed the models
 
 
 class Runner:
@@ -103,6 +111,8 @@ class Runner:
         Windowed-metric size and how often (in events) a row of metric history is recorded.
     dedup_window, allowed_lateness_ms
         Event-id deduplication window and lateness threshold.
+    join
+        Join exposures with their later outcomes (:mod:`pipeline.join`) when ``join.enabled``.
     """
 
     def __init__(
@@ -116,6 +126,7 @@ class Runner:
         dedup_window: int = 100_000,
         allowed_lateness_ms: int = 3_600_000,
         observers: Iterable[RunnerObserver] = (),
+        join: JoinConfig | None = None,
     ):
         names = [lr.name for lr in learners]
         if len(set(names)) != len(names):
@@ -143,6 +154,11 @@ class Runner:
         self._next_report = report_every
         self._ts_check = TimestampPlausibility(self.rules.ts_unit)
         self._ts_checks_left = 10  # batches: a stream in another unit shows at once
+        self.joiner = None
+        if join is not None and join.enabled:
+            from pipeline.join.joiner import Joiner  # numpy/pyarrow work only when the join is on
+
+            self.joiner = Joiner(join, names)
 
     @classmethod
     def from_config(cls, config: Config, dead_letters: DeadLetterSink | None = None, **kwargs) -> Runner:
@@ -168,6 +184,7 @@ class Runner:
             report_every=config.evaluation.report_every,
             dedup_window=ev.dedup_window,
             allowed_lateness_ms=ev.allowed_lateness_ms,
+            join=config.join,
             **kwargs,
         )
 
@@ -186,7 +203,8 @@ class Runner:
                 self.dead_letters.write(dead)
             for d in dead:
                 self.dead_by_reason[d.reason] = self.dead_by_reason.get(d.reason, 0) + 1
-        keep = self.dedup.filter(events.column("event_id"))
+        ids = events.column("event_id") if self.joiner is None else self.joiner.dedup_ids(events)
+        keep = self.dedup.filter(ids)
         duplicates = int(len(keep) - keep.sum())
         if duplicates:
             events = events.take(np.flatnonzero(keep))
@@ -199,23 +217,28 @@ class Runner:
                 self.warnings.append(message)
         t1 = time.perf_counter()
         durations["decode"] = t1 - t0
-        features = self.featurizer.transform_and_update(events) if len(events) else None
-        t2 = time.perf_counter()
-        durations["features"] = t2 - t1
-        predictions: dict[str, np.ndarray] = {}
-        if features is not None:
-            labels = features.labels
-            for learner in self.learners:
-                ts = time.perf_counter()
-                p = learner.predict(features)
-                self.metrics[learner.name].update(p, labels)
-                learner.learn(features, p)
-                predictions[learner.name] = p
-                durations[f"learn:{learner.name}"] = time.perf_counter() - ts
+        applied = len(events)
+        first_effect_ts = None
+        if self.joiner is None:
+            features = self.featurizer.transform_and_update(events) if len(events) else None
+            t2 = time.perf_counter()
+            durations["features"] = t2 - t1
+            predictions: dict[str, np.ndarray] = {}
+            if features is not None:
+                labels = features.labels
+                for learner in self.learners:
+                    ts = time.perf_counter()
+                    p = learner.predict(features)
+                    self.metrics[learner.name].update(p, labels)
+                    learner.learn(features, p)
+                    predictions[learner.name] = p
+                    durations[f"learn:{learner.name}"] = time.perf_counter() - ts
+        else:
+            events, features, predictions, first_effect_ts = self._process_joined(events, durations)
         self.positions.update(raw.positions)
         c = self.counters
         c["records"] += len(raw)
-        c["applied"] += len(events)
+        c["applied"] += applied
         c["duplicates"] += duplicates
         c["late"] += late
         c["dead_letters"] += len(dead)
@@ -225,7 +248,7 @@ class Runner:
         durations["total"] = time.perf_counter() - t0
         result = BatchResult(
             records=len(raw),
-            applied=len(events),
+            applied=applied,
             duplicates=duplicates,
             late=late,
             dead_letters=dead,
@@ -235,10 +258,61 @@ class Runner:
             durations=durations,
             positions=dict(self.positions),
             applied_at_ms=int(time.time() * 1000),
+            first_effect_ts=first_effect_ts,
         )
         for obs in self.observers:
             obs.on_batch(self, result)
         return result
+
+    def _process_joined(self, events: EventBatch, durations: dict[str, float]):
+        """The join's batch (:mod:`pipeline.join.joiner`): score the new exposures before anything
+        is learned, learn what the strategy says, evaluate the exposures that became final."""
+        joiner = self.joiner
+        t1 = time.perf_counter()
+        step = joiner.ingest(events)
+        scored = self.featurizer.transform_and_update(step.scored) if len(step.scored) else None
+        durations["features"] = time.perf_counter() - t1
+        scores = {}
+        for learner in self.learners:
+            ts = time.perf_counter()
+            scores[learner.name] = p = learner.predict(scored) if scored is not None else np.zeros(0)
+            joiner.record_predictions(learner.name, p)
+            durations[f"learn:{learner.name}"] = time.perf_counter() - ts
+        out = joiner.advance()
+        ts = time.perf_counter()
+        train = self.featurizer.transform(out.train) if len(out.train) else None
+        final = None
+        if any(getattr(lr, "learns_final_labels", False) for lr in self.learners) and len(out.evaluated):
+            final = self.featurizer.transform(out.evaluated)
+        learn, kinds = train, out.train_kind
+        if out.learn_scored and scored is not None:
+            learn = scored if train is None else concat_features(scored, train)
+            kinds = np.concatenate([out.scored_kind, out.train_kind])
+        durations["features"] += time.perf_counter() - ts
+        for learner in self.learners:
+            ts = time.perf_counter()
+            if getattr(learner, "learns_final_labels", False):
+                # policies learn rewards, so only an exposure's final one (never a provisional 0)
+                if final is not None:
+                    learner.learn(final, learner.predict(final))
+            elif learn is not None:
+                # one learning step per batch, fake negatives and late positives together: two
+                # steps would leave the model just pushed up by positives at every scoring
+                p = learner.predict(train) if train is not None else np.zeros(0)
+                if out.learn_scored and scored is not None:
+                    p = np.concatenate([scores[learner.name], p])  # scored above, before learning
+                w = joiner.weights(kinds, learn.labels, p)
+                learner.learn(dataclasses.replace(learn, weights=w), p)
+            p_eval = out.predictions[learner.name]
+            ok = np.isfinite(p_eval)
+            if ok.any():
+                self.metrics[learner.name].update(p_eval[ok], out.evaluated.label[ok])
+            durations[f"learn:{learner.name}"] += time.perf_counter() - ts
+        # observers read the final examples from ``events``; a FeatureBatch only says there are some
+        features = (
+            next((f for f in (final, train, scored) if f is not None), None) if len(out.evaluated) else None
+        )
+        return out.evaluated, features, out.predictions, out.first_effect_ts
 
     def run(self, batches: Iterable[RawBatch], limit: int | None = None, on_batch=None) -> dict[str, Any]:
         """Process batches until the source ends or ``limit`` records were read; returns :meth:`summary`."""
@@ -281,6 +355,8 @@ class Runner:
         out["learners"] = {name: wm.get() for name, wm in self.metrics.items()}
         if self.warnings:
             out["warnings"] = list(self.warnings)
+        if self.joiner is not None:
+            out["join"] = {**self.joiner.counters, **self.joiner.gauges()}
         return out
 
     # ------------------------------------------------------------------------------ state
@@ -300,6 +376,8 @@ class Runner:
         bundles = {"_runner": StateBundle(tables=tables, arrays={"dedup": self.dedup.state()}, meta=meta)}
         for learner in self.learners:
             bundles[learner.name] = learner.state()
+        if self.joiner is not None:
+            bundles[self.joiner.state_key] = self.joiner.state()
         for obs in self.observers:
             # stateful observers (drift detectors) resume with the model they watch
             if isinstance(obs, StatefulObserver):
@@ -328,6 +406,12 @@ class Runner:
         for learner in self.learners:
             if learner.name in bundles:
                 learner.load_state(bundles[learner.name])
+        if self.joiner is not None:
+            if self.joiner.state_key not in bundles:
+                raise ValueError(
+                    "the join is on, but the snapshot holds no join state (written without [join])"
+                )
+            self.joiner.load_state(bundles[self.joiner.state_key])
         for obs in self.observers:
             if isinstance(obs, StatefulObserver) and obs.state_key in bundles:
                 try:

@@ -121,7 +121,10 @@ class EventBatch:
 
     @classmethod
     def empty(cls) -> EventBatch:
-        return cls(_empty_batch())
+        global _EMPTY
+        if _EMPTY is None:  # immutable, so one serves every caller
+            _EMPTY = _empty_batch()
+        return cls(_EMPTY)
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -172,6 +175,9 @@ class EventBatch:
 
     def __repr__(self) -> str:
         return f"EventBatch({len(self)} events)"
+
+
+_EMPTY: pa.RecordBatch | None = None
 
 
 def _empty_batch() -> pa.RecordBatch:

@@ -5,7 +5,9 @@ same entry point, and so the same :func:`consumers.stack.build_stack`, as produc
 learner family (FTRL, error memory, neural, a bandit policy) and a drift monitor, on a topic of a
 real broker. Once Prometheus has scraped it, :meth:`WorkerTarget.begin` produces the simulator's
 stream (an abrupt drift, 1% invalid records) at a steady rate with event times near "now", so
-freshness stays realistic. A worker that missed an observer (drift, metrics, snapshots) leaves its
+freshness stays realistic. The stream is an application's log, impressions with their clicks
+apart (``feedback = "delayed"``, clicks 0.2 s later at the median), and the worker joins them
+(``[join]``, a 2 s window), so that the join's panels have data too. A worker that missed an observer (drift, metrics, snapshots) leaves its
 panels without data, and the tests fail.
 """
 
@@ -27,6 +29,11 @@ LEARNERS = ("ftrl", "error_memory", "neural", "beta_ts")
 PARTITIONS = 2
 
 _DRIFT = """
+[join]
+enabled = true
+strategy = "fake_negative"
+window_s = 2.0
+allowed_lateness_ms = 500
 [evaluation]
 window = 2000
 [drift]
@@ -71,6 +78,8 @@ class WorkerTarget:
                 mean_gap_ms=1000.0 / rate,
                 start_ts=int(time.time() * 1000),
                 drifts=(Drift(drift_at, "abrupt"),),
+                feedback="delayed",
+                delay_median_s=0.2,
             )
         )
         config = worker_config(
