@@ -289,9 +289,17 @@ def test_the_join_is_in_the_stack_and_its_counts_reach_prometheus():
     from consumers.stack import build_stack
     from pipeline.runner import RawBatch
 
-    cfg = load_config(overrides={"join": {"enabled": True, "window_s": 10, "allowed_lateness_ms": 0}}, environ={})
+    cfg = load_config(
+        overrides={"join": {"enabled": True, "window_s": 10, "allowed_lateness_ms": 0}}, environ={}
+    )
     stack = build_stack(cfg, metrics=True)
-    rows = [_x("a", 0), _o("c", 2000), _x("b", 1000, item="k"), _o("lost", 3000, request="none"), _x("z", 60_000, request="q")]
+    rows = [
+        _x("a", 0),
+        _o("c", 2000),
+        _x("b", 1000, item="k"),
+        _o("lost", 3000, request="none"),
+        _x("z", 60_000, request="q"),
+    ]
     stack.runner.process(RawBatch(values=[orjson.dumps(r) for r in rows], positions={"f": 5}))
     text = stack.metrics.exposition().decode()
     assert 'streamlearn_join_events_total{outcome="attributed"} 1.0' in text
