@@ -224,10 +224,7 @@ class StreamMetrics:
 
     def _observe_join(self, joiner: Any, result: Any) -> None:
         for name, value in joiner.counters.items():
-            child = self.join_events.labels(outcome=name)
-            delta = value - child._value.get()
-            if delta > 0:
-                child.inc(delta)
+            self.set_named("streamlearn_join_events_total", {"outcome": name}, value)
         g = joiner.gauges()
         self.join_open.set(g["open"])
         self.join_open_bytes.set(g["open_bytes"])

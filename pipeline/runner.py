@@ -80,6 +80,8 @@ class BatchResult:
     ``events`` and ``predictions`` are the examples whose labels are final, with the predictions
     they are evaluated on: the batch's events, or with the join (``[join]``) the exposures that
     became final, with the predictions made when they arrived (docs/delayed_feedback.md).
+    ``features`` are those of ``events`` where the runner computed them (with the join only when a
+    policy learned the final examples), else None.
     """
 
     records: int
@@ -308,11 +310,8 @@ class Runner:
             if ok.any():
                 self.metrics[learner.name].update(p_eval[ok], out.evaluated.label[ok])
             durations[f"learn:{learner.name}"] += time.perf_counter() - ts
-        # observers read the final examples from ``events``; a FeatureBatch only says there are some
-        features = (
-            next((f for f in (final, train, scored) if f is not None), None) if len(out.evaluated) else None
-        )
-        return out.evaluated, features, out.predictions, out.first_effect_ts
+        # the final examples' features where they were needed (policies), else none
+        return out.evaluated, final, out.predictions, out.first_effect_ts
 
     def run(self, batches: Iterable[RawBatch], limit: int | None = None, on_batch=None) -> dict[str, Any]:
         """Process batches until the source ends or ``limit`` records were read; returns :meth:`summary`."""

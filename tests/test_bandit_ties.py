@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from consumers.commands.evaluate import POLICY_KINDS  # every bandit kind (kept equal to POLICIES)
 from pipeline.learners.bandits import DiagLinUCB, EpsilonGreedy, LinUCB
 from pipeline.learners.bandits.kernels import greedy_distribution, tie_propensities, top_k
 
@@ -87,19 +88,7 @@ def test_without_a_generator_ties_still_go_to_the_lower_position():
     np.testing.assert_array_equal(top_k(np.zeros((2, 3)), 2), [[0, 1], [0, 1]])
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "linucb",
-        "diag_linucb",
-        "linear_ts",
-        "beta_ts",
-        "epsilon_greedy",
-        "hybrid_linucb",
-        "hybrid_ts",
-        "bootstrap",
-    ],
-)
+@pytest.mark.parametrize("kind", POLICY_KINDS)
 def test_discounting_is_per_event_whatever_the_batch_size(kind):
     from pipeline.learners.bandits import POLICIES
 

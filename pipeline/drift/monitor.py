@@ -113,7 +113,7 @@ class DriftMonitor:
 
     # ------------------------------------------------------------------------------ observer
     def on_batch(self, runner: Any, result: Any) -> None:
-        if result.features is None or result.applied == 0:
+        if not len(result.events):  # (with the join: no exposure became final in this batch)
             return
         events = result.events
         features = {}
