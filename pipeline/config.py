@@ -34,6 +34,7 @@ from typing import Any
 from pipeline.drift.settings import DriftSettings
 from pipeline.errors import ConfigError, require
 from pipeline.events.reasons import DEFAULT_EVENT_TYPES
+from pipeline.group.settings import GroupConfig
 from pipeline.join.settings import JoinConfig
 
 __all__ = ["Config", "LearnerSpec", "config_hash", "load_config"]
@@ -206,7 +207,15 @@ class Config:
     serving: ServingConfig = field(default_factory=ServingConfig)
     drift: DriftSettings = field(default_factory=DriftSettings)
     join: JoinConfig = field(default_factory=JoinConfig)
+    group: GroupConfig = field(default_factory=GroupConfig)
     seed: int = 0
+
+    def validate(self) -> None:
+        if self.group.enabled and self.join.enabled:
+            raise ConfigError(
+                "'group.enabled' and 'join.enabled' cannot both be on: the join's open exposures are "
+                "one worker's, so a partition that moves would lose them (docs/scaling.md)"
+            )
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=dict))

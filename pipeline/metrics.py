@@ -185,6 +185,28 @@ class StreamMetrics:
             buckets=_FRESHNESS_BUCKETS,
             registry=r,
         )
+        self.group_deltas = Counter(
+            "streamlearn_group_deltas",
+            "Deltas of the model-updates topic by outcome: published, own, accepted, duplicate, conflict, refused, ...",
+            ["outcome"],
+            registry=r,
+        )
+        self.group_bytes = Counter(
+            "streamlearn_group_sync_bytes",
+            "Bytes of model deltas sent and received through the updates topic.",
+            ["direction"],
+            registry=r,
+        )
+        self.group_seconds = Counter(
+            "streamlearn_group_sync_seconds",
+            "Time the worker spent making, sending, reading and adding model deltas.",
+            registry=r,
+        )
+        self.group_lag = Gauge(
+            "streamlearn_group_updates_lag",
+            "Deltas in the updates topic that this worker has not read yet.",
+            registry=r,
+        )
         self.ready = Gauge("streamlearn_ready", "1 when the worker is consuming, else 0.", registry=r)
         self.build_info = Gauge(
             "streamlearn_build_info", "Version of the running code.", ["version"], registry=r

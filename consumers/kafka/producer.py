@@ -45,8 +45,10 @@ def ensure_topic(
     partitions: int,
     client: dict | None = None,
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    configs: dict[str, str] | None = None,
 ) -> bool:
-    """Create ``topic`` with ``partitions`` partitions unless it exists; True if it was created.
+    """Create ``topic`` with ``partitions`` partitions (and topic ``configs``) unless it exists;
+    True if it was created.
 
     Raises :class:`KafkaProduceError` when no broker answers within ``connect_timeout_s``.
     """
@@ -59,9 +61,10 @@ def ensure_topic(
     try:
         if topic in set(admin.list_topics()):
             return False
-        admin.create_topics(
-            {topic: {"num_partitions": partitions, "replication_factor": 1}}, timeout_ms=10000
-        )
+        spec = {"num_partitions": partitions, "replication_factor": 1}
+        if configs:
+            spec["configs"] = dict(configs)
+        admin.create_topics({topic: spec}, timeout_ms=10000)
         if hasattr(admin, "wait_for_topics"):
             admin.wait_for_topics([topic], timeout_ms=10000)
         return True

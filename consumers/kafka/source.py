@@ -346,6 +346,15 @@ class KafkaSource:
         ends = self.consumer.end_offsets(tps, timeout_ms=timeout_ms)
         return {partition_key(tp): int(off) for tp, off in ends.items() if off is not None}
 
+    @_needs_broker("reading beginning offsets")
+    def beginning_offsets(self, keys: Iterable[str], timeout_ms: int = 5000) -> dict[str, int]:
+        """The first offset still in the log of each partition in ``keys``."""
+        tps = [parse_key(k) for k in keys]
+        if not tps:
+            return {}
+        starts = self.consumer.beginning_offsets(tps, timeout_ms=timeout_ms)
+        return {partition_key(tp): int(off) for tp, off in starts.items() if off is not None}
+
     def caught_up(self, key: str) -> bool:
         """Whether this consumer has returned everything up to the partition's last known end.
 

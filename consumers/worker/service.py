@@ -28,9 +28,10 @@ batch in hand.
   final snapshot is committed. With ``hard_exit`` a watchdog ends the process (exit 1) after
   ``shutdown_timeout_s``; the snapshot on disk is whole either way.
 
-Limitation: the model is one per worker. Two workers in a group are two models, each learning from
-its own partitions; exactly-once holds per event across the group (each event is applied by one
-worker, once), but models are not merged when partitions move (docs/design.md §10).
+* **Many workers, one model** (``[group]``): the :class:`~consumers.worker.group.GroupCoordinator`
+  takes the commit coordinator's place. Each worker publishes the deltas of what it learned to the
+  model-updates topic and adds its peers'; a partition starts at the group's frontier; a snapshot
+  is the fold of that topic (docs/scaling.md). Without ``[group]`` each worker keeps its own model.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from consumers.progress import Progress
 from consumers.sources import PartitionedSource
 from consumers.stack import Stack, build_stack
 from consumers.worker.commits import CommitCoordinator
+from consumers.worker.group import GroupCoordinator, GroupSyncError
 from consumers.worker.health import apply_pauses, readiness, update_lag
 from consumers.worker.intake import Intake
 from consumers.worker.offsets import Ledger
@@ -188,15 +190,29 @@ class Worker:
         self.source = make_source(cfg, self._on_assign, self._on_revoke, self._on_lost)
         self.sink = make_dead_letter_sink(cfg, self.options)
         self._ledger = Ledger(cfg.snapshot.dir)
-        self.commits = CommitCoordinator(
-            store,
-            checkpointer,
-            self._ledger,
-            self.source,
-            self._make_runner,
-            on_result=self.metrics.observe_snapshot,
-            commit_timeout_ms=self.options.commit_timeout_ms,
-        )
+        if cfg.group.enabled:
+            self.commits = GroupCoordinator(
+                store,
+                checkpointer,
+                self._ledger,
+                self.source,
+                self._make_runner,
+                cfg,
+                on_result=self.metrics.observe_snapshot,
+                commit_timeout_ms=self.options.commit_timeout_ms,
+                on_rollback=self._after_group_rollback,
+                metrics=self.metrics,
+            )
+        else:
+            self.commits = CommitCoordinator(
+                store,
+                checkpointer,
+                self._ledger,
+                self.source,
+                self._make_runner,
+                on_result=self.metrics.observe_snapshot,
+                commit_timeout_ms=self.options.commit_timeout_ms,
+            )
 
     def _make_runner(self) -> TrackedRunner:
         # the replay's stack (metrics, drift monitor, extra observers) over the process's registry;
@@ -319,7 +335,7 @@ class Worker:
             seeks, default = self.commits.start_positions(keys)
             self.source.seek(seeks)
             self.source.seek_to_default(default)
-        except BROKER_ERRORS as exc:
+        except (*BROKER_ERRORS, GroupSyncError) as exc:
             log.warning("cannot position %s yet (%r): paused until the broker answers", keys, exc)
             self._unpositioned.update(keys)
             self.source.pause(keys)
@@ -353,6 +369,15 @@ class Worker:
             self._drop(keys)
             self._rollback(f"partitions {keys} lost (group membership expired)", keys)
             self.commits.forget(keys)
+
+    def _after_group_rollback(self) -> None:
+        """The group coordinator rolled back on its own: re-position every partition (soon, not here)."""
+        self.intake.drop()
+        owned = list(self.source.owned())
+        self._unpositioned.update(owned)
+        if owned:
+            self.source.pause(owned)
+        self._position_retry_at = 0.0
 
     def _rollback(self, why: str, leaving) -> None:
         if not self.commits.rollback(why):
@@ -427,6 +452,8 @@ class Worker:
                 log.warning("closing the consumer failed: %r", exc)
         if self.commits is not None:
             self.commits.checkpointer.close()
+            if isinstance(self.commits, GroupCoordinator):
+                self.commits.close()
         if self.sink is not None:
             try:
                 self.sink.close()
@@ -454,4 +481,17 @@ class Worker:
             rollbacks=self.commits.rollbacks if self.commits else 0,
             rebalances=self._rebalances,
             resumed_from=self._resumed_from,
+            extra={"group": self._group_report()} if isinstance(self.commits, GroupCoordinator) else {},
         )
+
+    def _group_report(self) -> dict:
+        g = self.commits
+        fold = g.sync.fold
+        return {
+            "bootstrapped_from": g.bootstrapped_from,
+            "updates_offset": fold.offset,
+            "frontier": dict(fold.frontier),
+            "counts": {k: dict(v) for k, v in fold.counts.items()},
+            "outcomes": dict(g.sync.outcomes),
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in g.stats.items()},
+        }
