@@ -100,14 +100,14 @@ def single(cfg, events: list[bytes], batch: int = 100) -> Runner:
     return runner
 
 
-def assert_sum_state_equal(a, b) -> None:
+def assert_sum_state_equal(a, b, only: tuple[str, ...] = ()) -> None:
     """Shared parts of two runners equal (ids in any order) to float tolerance.
 
     An error memory's base model is FTRL, whose deltas are not sums: only its memory is compared.
     """
     pa_, pb = ModelSync(a, "x", "h").base, ModelSync(b, "y", "h").base
     assert sorted(pa_) == sorted(pb)
-    for name in (n for n in pa_ if "/base." not in n):
+    for name in (n for n in pa_ if "/base." not in n and (not only or n.startswith(only))):
         x, y = pa_[name], pb[name]
         if x.ids is None:
             for k in x.arrays:

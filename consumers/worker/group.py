@@ -175,7 +175,7 @@ class GroupCoordinator:
     def _bootstrap(self, tracked: GroupRunner) -> dict[str, Any] | None:
         """Load the newest group snapshot among ``group.bootstrap_dirs`` (None: start from the topic's start)."""
         own = Path(self.config.snapshot.dir).resolve()
-        best: tuple[int, SnapshotStore, int] | None = None
+        best: tuple[int, SnapshotStore, int, str] | None = None
         for directory in self.settings.bootstrap_dirs:
             if Path(directory).resolve() == own:
                 continue
@@ -190,12 +190,12 @@ class GroupCoordinator:
                 if meta is None or manifest.get("config_hash") != self.config_hash:
                     continue
                 if best is None or int(meta.get("offset", 0)) > best[0]:
-                    best = (int(meta.get("offset", 0)), store, seq)
+                    best = (int(meta.get("offset", 0)), store, seq, str(directory))
                 break
         if best is None:
             log.info("no snapshot of the group found: following the updates topic from its start")
             return None
-        offset, store, seq = best
+        offset, store, seq, directory = best
         try:
             manifest, bundles = store.read(seq)
             tracked.load_state(bundles)
@@ -215,7 +215,7 @@ class GroupCoordinator:
         runner.dead_by_reason = {}
         runner._next_report = runner.report_every
         runner.metrics = {name: WindowedMetrics(wm.window) for name, wm in runner.metrics.items()}
-        self.bootstrapped_from = f"{store.state_dir}#{seq:08d}"
+        self.bootstrapped_from = f"{directory}#{seq:08d}"
         print(f"joined the group from {self.bootstrapped_from} (updates offset {offset:,})", flush=True)
         return manifest
 
