@@ -202,6 +202,11 @@ class StreamMetrics:
             "Time the worker spent making, sending, reading and adding model deltas.",
             registry=r,
         )
+        self.group_frontier = Gauge(
+            "streamlearn_group_frontier_records",
+            "Source records (all partitions) whose effect the group's model, as this worker holds it, contains.",
+            registry=r,
+        )
         self.group_lag = Gauge(
             "streamlearn_group_updates_lag",
             "Deltas in the updates topic that this worker has not read yet.",

@@ -96,7 +96,9 @@ def check_every_snapshot(state_dir: Path, topic: str, by_partition: dict[int, li
             counts = meta["counts"].get(key, {})
             assert counts.get("records", 0) == end, f"{state_dir.name}#{seq}: {key} read {counts} up to {end}"
             valid = sum(1 for v in by_partition[p][:end] if v not in INVALID)
-            assert counts.get("applied", 0) == valid, f"{state_dir.name}#{seq}: {key} applied {counts}, {valid} valid"
+            assert counts.get("applied", 0) == valid, (
+                f"{state_dir.name}#{seq}: {key} applied {counts}, {valid} valid"
+            )
             assert counts.get("duplicates", 0) == 0
             applied += counts["applied"]
         pulls = bundles["beta_ts"].tables["arms"].column("pulls").to_numpy().sum()
@@ -120,7 +122,9 @@ def test_three_workers_kill_one_and_a_new_one_joins_one_model_exactly_once(
     procs = {n: workers.start(n, configs[n]) for n in names[:3]}
     wait_for(lambda: frontier_total(dirs[1]) > 0, "w1's first group snapshot", procs=procs.values())
     wait_for(
-        lambda: all(frontier_total(d) > 0 for d in dirs[:3]), "a snapshot of every worker", procs=procs.values()
+        lambda: all(frontier_total(d) > 0 for d in dirs[:3]),
+        "a snapshot of every worker",
+        procs=procs.values(),
     )
     time.sleep(random.Random(17).uniform(0.2, 1.0))
     procs["w1"].kill()  # mid-stream: its last deltas may or may not be in the topic

@@ -55,7 +55,11 @@ class UpdatesLog:
                 1,
                 producer_settings(client or {}),
                 connect_timeout_s=5.0,
-                configs={"max.message.bytes": str(limit), "retention.ms": "-1"},
+                configs={
+                    "max.message.bytes": str(limit),
+                    "segment.bytes": str(max(4 * limit, 1 << 27)),  # a segment holds the largest delta
+                    "retention.ms": "-1",  # the topic after the oldest snapshot must stay readable
+                },
             )
         except KafkaProduceError as exc:
             raise KafkaUnavailableError(str(exc)) from exc
@@ -114,6 +118,14 @@ class UpdatesLog:
 
     def end_offset(self, timeout_ms: int = 5000) -> int:
         return int(self.consumer.end_offsets([self.tp], timeout_ms=timeout_ms)[self.tp])
+
+    def highwater(self) -> int | None:
+        """The topic's end as of the last fetch (None before one); asks the broker nothing."""
+        high = self.consumer.highwater(self.tp)
+        return None if high is None else int(high)
+
+    def beginning_offset(self, timeout_ms: int = 5000) -> int:
+        return int(self.consumer.beginning_offsets([self.tp], timeout_ms=timeout_ms)[self.tp])
 
     def position(self) -> int:
         return int(self.consumer.position(self.tp))

@@ -4,7 +4,7 @@ The counterpart of :class:`~consumers.worker.commits.CommitCoordinator` when ``g
 the worker loop calls the same methods; what they do differs, because the **updates topic is the
 commit point** (docs/scaling.md):
 
-* every ``group.publish_every_ms`` the worker publishes the delta of what it learned from its
+* every ``group.publish_every_ms`` (or ``group.publish_every_events`` of its own) the worker publishes the delta of what it learned from its
   partitions since its previous one, over the offset ranges it consumed
   (:class:`~pipeline.group.sync.ModelSync`), reads its peers' deltas and adds the accepted ones
   (:mod:`pipeline.group.fold`: every worker accepts the same deltas, in the same order);
@@ -123,6 +123,7 @@ class GroupCoordinator:
         self.bootstrapped_from: str | None = None
         self._captured = (-1, -1)  # (records, updates offset) of the newest snapshot
         self._next_sync = 0.0
+        self._applied_at_publish = 0
         self._interval_s = self.settings.publish_every_ms / 1000
         self._retry_at = 0.0
         self._rolling_back = False
@@ -152,6 +153,13 @@ class GroupCoordinator:
                 dict(cfg.kafka.client),
             )
         manifest = self._load()
+        first = self.updates.beginning_offset(self.commit_timeout_ms)
+        if self.sync.fold.offset < first:
+            raise SnapshotError(
+                f"the updates topic {self.updates.topic} starts at offset {first:,} but this worker's state "
+                f"continues from {self.sync.fold.offset:,}: deltas it needs were deleted (retention.ms); "
+                "start it with an empty state dir and group.bootstrap_dirs to join from a peer's snapshot"
+            )
         self._catch_up(to_end=True)
         return manifest
 
@@ -168,6 +176,7 @@ class GroupCoordinator:
         if manifest is None:
             manifest = self._bootstrap(tracked)
         self.tracked = tracked
+        self._applied_at_publish = tracked.counters["applied"]
         self.updates.seek(self.sync.fold.offset)
         self._captured = (tracked.counters["records"], self.sync.fold.offset)
         return manifest
@@ -222,7 +231,7 @@ class GroupCoordinator:
     # ------------------------------------------------------------------ the topic
     def _catch_up(self, to_end: bool = False, wait_own: bool = False) -> None:
         """Read and judge deltas: what is there now, or up to the end, or until ours are back."""
-        started = time.perf_counter()
+        started = time.thread_time()
         updates, sync = self.updates, self.sync
         target = updates.end_offset(self.commit_timeout_ms) if to_end else -1
         deadline = time.monotonic() + self.settings.read_back_timeout_ms / 1000
@@ -242,15 +251,18 @@ class GroupCoordinator:
                 )
         sync.rebase()
         if self.metrics is not None:
-            self.metrics.group_lag.set(
-                max(0, updates.end_offset(self.commit_timeout_ms) - sync.fold.offset) if to_end else 0
-            )
+            self.metrics.group_frontier.set(sum(sync.fold.frontier.values()))
+            high = updates.highwater()  # from the last fetch: no broker call here
+            if high is not None:
+                self.metrics.group_lag.set(max(0, high - sync.fold.offset))
         self._account(started)
         if refused:
             self._internal_rollback("a delta of ours was refused: another worker published that range first")
 
     def _receive(self, offset: int, value: bytes) -> str:
         self.stats["received_bytes"] += len(value or b"")
+        if self.metrics is not None:
+            self.metrics.group_bytes.labels(direction="received").inc(len(value or b""))
         try:
             delta = decode(value or b"")
         except DeltaError as exc:
@@ -276,7 +288,7 @@ class GroupCoordinator:
 
     def _publish(self) -> None:
         """Publish what we learned since the last delta (if anything)."""
-        started = time.perf_counter()
+        started = time.thread_time()
         tracked = self.tracked
         delta = self.sync.take_delta(tracked.positions, tracked.partitions)
         if delta is not None:
@@ -289,6 +301,7 @@ class GroupCoordinator:
                     f"({self.settings.max_delta_bytes:,}); publishing every {self._interval_s * 1000:.0f} ms from now"
                 )
             self.updates.publish(data, key=self.worker_id)
+            self._applied_at_publish = tracked.counters["applied"]
             self.stats["sent_bytes"] += len(data)
             self.stats["published"] += 1
             self._count("published")
@@ -318,7 +331,8 @@ class GroupCoordinator:
             self.metrics.group_deltas.labels(outcome=outcome).inc(n)
 
     def _account(self, started: float) -> None:
-        spent = time.perf_counter() - started
+        # CPU time of the loop's thread (waiting for the broker costs none): what sync takes from learning
+        spent = time.thread_time() - started
         self.stats["sync_seconds"] += spent
         if self.metrics is not None:
             self.metrics.group_seconds.inc(spent)
@@ -354,7 +368,7 @@ class GroupCoordinator:
         if now < self._retry_at:
             return
         try:
-            if now >= self._next_sync:
+            if now >= self._next_sync or self._events_due():
                 self._next_sync = now + self._interval_s
                 self._exchange()
             if not self.checkpointer.in_flight and self._progressed() and self.checkpointer.due(self.tracked):
@@ -362,6 +376,12 @@ class GroupCoordinator:
         except GroupSyncError as exc:
             self._retry_at = time.monotonic() + 1.0
             log.warning("group sync failed: %s", exc)
+
+    def _events_due(self) -> bool:
+        every = self.settings.publish_every_events
+        if not every:
+            return False
+        return self.tracked.counters["applied"] - self._applied_at_publish >= every
 
     def retry_now(self) -> None:
         self._retry_at = 0.0

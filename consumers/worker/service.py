@@ -246,7 +246,7 @@ class Worker:
                 self._wake.clear()
                 self._wake.wait(backoff.next_delay())  # woken early by a stop or the broker's return
                 continue
-            if manifest is not None:
+            if manifest is not None and getattr(self.commits, "bootstrapped_from", None) is None:
                 self._resumed_from = manifest["seq"]
                 print(
                     f"resumed from snapshot {manifest['seq']} ({self.tracked.counters['applied']:,} events applied)",

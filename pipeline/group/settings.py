@@ -27,6 +27,11 @@ class GroupConfig:
     publish_every_ms
         How often a worker publishes the delta of what it learned since its last one. Shorter
         means fresher peers and more, smaller messages.
+    publish_every_events
+        Also publish after this many events of its own (0: by time only). It bounds how stale a
+        peer's view gets in events, whatever the rate: a worker draining a backlog at 70,000
+        events/s would otherwise learn 70,000 events between two looks at its peers' updates,
+        which costs FTRL about a point of AUC.
     max_delta_bytes
         Largest delta message; a worker publishes early when its next one would outgrow it, and
         the topic is created with room for it.
@@ -41,6 +46,7 @@ class GroupConfig:
     enabled: bool = False
     updates_topic: str = ""
     publish_every_ms: int = 1000
+    publish_every_events: int = 10_000
     max_delta_bytes: int = 8 << 20
     bootstrap_dirs: tuple[str, ...] = ()
     read_back_timeout_ms: int = 15_000
@@ -51,6 +57,12 @@ class GroupConfig:
             "group.publish_every_ms",
             self.publish_every_ms,
             "an integer >= 10",
+        )
+        require(
+            self.publish_every_events >= 0,
+            "group.publish_every_events",
+            self.publish_every_events,
+            "an integer >= 0 (0 = by time only)",
         )
         require(
             (1 << 16) <= self.max_delta_bytes <= (64 << 20),
