@@ -13,9 +13,6 @@ processes, as deployed:
 3. **joining**: two workers drain half of a stream, a third joins with ``bootstrap_dirs`` and the
    rest arrives; its AUC over its first evaluation window beside the running workers' at the same
    moment, and beside a cold worker (no ``[group]``) on the same second half.
-4. **gloo vs the updates topic** for the neural ranker's dense parameters: one
-   ``torch.distributed`` (gloo) all-reduce among 2 and 3 local processes, against publishing and
-   reading back a delta of the same size through the topic.
 
 Usage: ``python benchmarks/scaling.py [--events N]``; writes ``benchmarks/results/scaling.json``
 and prints markdown tables. This machine has 2 cores: with the broker, N = 3 workers over-subscribe
@@ -31,7 +28,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -312,72 +308,6 @@ def joining(tmp: Path, broker: KafkaBroker, first: list[bytes], second: list[byt
     }
 
 
-def _gloo_worker(rank: int, world: int, port: int, numel: int, reps: int, out) -> None:
-    import torch
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback: the host's name may not resolve
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    t = torch.randn(numel)
-    dist.all_reduce(t)  # connections up
-    times = []
-    for _ in range(reps):
-        dist.barrier()
-        s = time.perf_counter()
-        dist.all_reduce(t)
-        times.append(time.perf_counter() - s)
-    if rank == 0:
-        out.put(float(np.median(times)))
-    dist.destroy_process_group()
-
-
-def gloo_vs_topic(broker: KafkaBroker) -> dict:
-    import torch.multiprocessing as mp
-
-    from consumers.kafka.updates import UpdatesLog
-    from pipeline.group.delta import ModelDelta, decode, encode
-    from pipeline.group.parts import PartDelta
-    from pipeline.learners.neural import NeuralRanker
-
-    numel = sum(p.numel() for p in NeuralRanker(vocab="double_hash")._model.parameters())
-    out = {"neural_parameters": numel}
-    ctx = mp.get_context("spawn")
-    for world in (2, 3):
-        q = ctx.Queue()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        procs = [ctx.Process(target=_gloo_worker, args=(r, world, port, numel, 20, q)) for r in range(world)]
-        for p in procs:
-            p.start()
-        try:
-            out[f"gloo_all_reduce_ms_world_{world}"] = 1000 * q.get(timeout=90)
-        finally:
-            for p in procs:
-                p.join(10)
-                if p.is_alive():
-                    p.kill()
-    log = UpdatesLog(broker.bootstrap, "bench-gloo-vs-topic", 64 << 20)
-    values = np.random.default_rng(0).standard_normal(numel).astype(np.float32)
-    part = PartDelta({"w": values}, {"w": np.arange(numel, dtype=np.int32)})
-    times = []
-    for i in range(20):
-        s = time.perf_counter()
-        data = encode(ModelDelta("w", "i", i, {"t:0": (i, i + 1)}, {}, {"neural/model": part}, "h"))
-        log.publish(data, key="w")
-        log.flush(30)
-        got = []
-        while not got:
-            got = log.read(timeout_ms=200)
-        decode(got[-1][1])
-        times.append(time.perf_counter() - s)
-    log.close()
-    out["topic_publish_read_ms"] = 1000 * float(np.median(times))
-    out["dense_delta_bytes"] = len(data)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300_000, help="events in the drained topic")
@@ -406,12 +336,6 @@ def main(argv: list[str] | None = None) -> int:
         join_lines = sim_lines(args.seed + 1, 2 * args.join_events)
         join = joining(tmp, broker, join_lines[: args.join_events], join_lines[args.join_events :])
         print(f"joining: {join}", file=sys.stderr)
-        save("scaling", {"events": args.events, "rows": rows, "equivalence": equiv, "joining": join})
-        try:
-            gloo = gloo_vs_topic(broker)
-        except Exception as exc:  # the collective is a comparison, not the product: keep the rest
-            gloo = {"error": repr(exc)}
-        print(f"gloo vs topic: {gloo}", file=sys.stderr)
     for r in rows:
         r.pop("dirs", None)
     path = save(
@@ -422,7 +346,6 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows,
             "equivalence": equiv,
             "joining": join,
-            "gloo_vs_topic": gloo,
             "peak_rss_mb": peak_rss_mb(),
         },
     )
