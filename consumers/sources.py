@@ -154,3 +154,7 @@ class PartitionedSource(Protocol):
     def end_offsets(self, keys: Iterable[str], timeout_ms: int = 5000) -> dict[str, int]:
         """The next offset to be written of each partition in ``keys``."""
         ...
+
+    def beginning_offsets(self, keys: Iterable[str], timeout_ms: int = 5000) -> dict[str, int]:
+        """The first offset still in the log of each partition in ``keys``."""
+        ...
