@@ -90,15 +90,12 @@ class UpdatesLog:
             ) from exc
         self.consumer.assign([self.tp])
         self.failed: list[BaseException] = []
-        self.sent = self.sent_bytes = 0
 
     # ------------------------------------------------------------------ out
     def publish(self, value: bytes, key: str) -> None:
         """Send one delta (asynchronously; a failure shows in :attr:`failed` and in :meth:`flush`)."""
         future = self.producer.send(self.topic, value=value, key=key.encode(), partition=0)
         future.add_errback(self.failed.append)
-        self.sent += 1
-        self.sent_bytes += len(value)
 
     def flush(self, timeout_s: float) -> None:
         """Wait until every delta sent is acknowledged; raises when one was not."""
@@ -126,9 +123,6 @@ class UpdatesLog:
 
     def beginning_offset(self, timeout_ms: int = 5000) -> int:
         return int(self.consumer.beginning_offsets([self.tp], timeout_ms=timeout_ms)[self.tp])
-
-    def position(self) -> int:
-        return int(self.consumer.position(self.tp))
 
     def close(self) -> None:
         try:

@@ -66,7 +66,6 @@ class ModelSync:
         self.inflight: dict[int, ModelDelta] = {}  # published, not yet read back
         self.outcomes: Counter[str] = Counter()
         self.stale = False  # a peer's delta was added since the last rebase
-        self.sent_bytes = 0
 
     # ------------------------------------------------------------------ ownership
     def claim(self, key: str, position: int, counters: Mapping[str, int]) -> None:
