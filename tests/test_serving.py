@@ -445,3 +445,9 @@ def test_concurrent_requests_batched_in_one_model_call_get_their_own_scores(stat
     for i, scores in enumerate(expected):  # the neural ranker computes in float32: batch shapes differ
         np.testing.assert_allclose(got[i], scores, rtol=1e-6)
     assert server.batcher.scored == len(bodies) and server.batcher.calls < len(bodies)
+
+
+def test_following_updates_of_a_state_dir_without_group_is_refused_by_name(state_dir, capsys):
+    assert main(["serve", "--state-dir", str(state_dir), "--follow-updates", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "written without [group]" in err and "without --follow-updates" in err

@@ -10,7 +10,10 @@ with an empty state directory. Everything is checked from the snapshots the work
   doubled anywhere, the killed worker's snapshots included;
 * **one model**: every surviving worker's final Diag-LinUCB and Beta-TS state equals one runner's
   over the same events, to float tolerance;
-* **a joining worker starts warm**: it loads the newest peer snapshot, not an empty model.
+* **a joining worker starts warm**: it loads the newest peer snapshot, not an empty model;
+* **a serving replica follows the topic**: ``streamlearn serve --follow-updates``, started from an
+  early snapshot, ends with the group's whole model (every valid event, the topic's last offset)
+  and answers with the scores of the workers' final snapshot.
 """
 
 from __future__ import annotations
@@ -21,14 +24,18 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from consumers.worker.group import group_meta
 from pipeline.config import load_config
 from pipeline.runner import RawBatch, Runner
+from pipeline.serving.requests import parse_request
+from pipeline.serving.view import request_events
 from state.snapshot import SnapshotStore
 from tests.kafka.workers import end_offsets, wait_for, worker_config
 from tests.test_group import assert_sum_state_equal
+from tests.test_serving import BODY, ServeProcess, _post
 from tests.test_worker_kafka import INVALID, mixed_stream, send
 
 pytestmark = pytest.mark.slow
@@ -108,7 +115,7 @@ def check_every_snapshot(state_dir: Path, topic: str, by_partition: dict[int, li
 
 
 def test_three_workers_kill_one_and_a_new_one_joins_one_model_exactly_once(
-    kafka_broker, topic_factory, producer, workers, tmp_path
+    kafka_broker, topic_factory, producer, workers, tmp_path, request
 ):
     topic = topic_factory(partitions=PARTITIONS)
     bootstrap = kafka_broker.bootstrap
@@ -126,6 +133,12 @@ def test_three_workers_kill_one_and_a_new_one_joins_one_model_exactly_once(
         "a snapshot of every worker",
         procs=procs.values(),
     )
+    replica = ServeProcess(
+        dirs[0], tmp_path, "--follow-updates", "--config", str(configs["w0"]), "--bootstrap", bootstrap
+    )
+    request.addfinalizer(lambda: replica.proc.poll() is None and replica.proc.kill())
+    status, early = _post(replica.url + "/v1/score", {**BODY, "model": "ftrl"})
+    assert status == 200, early
     time.sleep(random.Random(17).uniform(0.2, 1.0))
     procs["w1"].kill()  # mid-stream: its last deltas may or may not be in the topic
     procs["w3"] = workers.start("w3", configs["w3"])
@@ -172,3 +185,29 @@ def test_three_workers_kill_one_and_a_new_one_joins_one_model_exactly_once(
     assert joined["frontier"] == {f"{topic}:{p}": ends[p] for p in range(PARTITIONS)}
     outcomes = [procs[n].report()["extra"]["group"]["outcomes"] for n in alive]
     assert all(o.get("accepted", 0) > 0 and o.get("own", 0) > 0 for o in outcomes), outcomes
+
+    # the replica followed the topic from its early snapshot to the group's whole model
+    last = end_offsets(bootstrap, f"{topic}.updates", 1)[0]
+
+    def replica_version(model: str) -> dict:
+        status, got = _post(replica.url + "/v1/score", {**BODY, "model": model})
+        assert status == 200, got
+        return got
+
+    wait_for(
+        lambda: replica_version("ftrl")["version"]["updates_offset"] == last, "the replica at the topic's end"
+    )
+    assert early["version"]["updates_offset"] < last
+    _, bundles = SnapshotStore(dirs[0]).latest_valid()
+    final = Runner.from_config(cfg)
+    final.load_state(bundles)
+    req = parse_request({**BODY, "model": "ftrl"})
+    features = final.featurizer.transform(request_events(req, req.item_ids, req.item_features))
+    for learner in final.learners:
+        got = replica_version(learner.name)
+        assert got["version"]["events_applied"] == len(valid)
+        assert got["version"]["origin"] == "updates"
+        np.testing.assert_allclose(
+            [s["score"] for s in got["scores"]], learner.predict(features), rtol=1e-6, atol=1e-9
+        )
+    assert replica.stop() == 0

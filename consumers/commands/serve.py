@@ -11,6 +11,12 @@ when it started. The learners and features come from the snapshot's recorded con
 (``--config`` only for snapshots written before it was recorded). Replicas never write to the
 state directory, so any number can follow one worker. Decisions are logged to ``--decisions``
 (JSONL) or ``--decisions-topic`` (Kafka).
+
+With ``--follow-updates`` a replica of a ``[group]`` state directory starts from its newest
+snapshot and then follows the group's model-updates topic, delta by delta
+(:class:`consumers.updates_follower.UpdatesFollower`), as fresh as the workers themselves::
+
+    streamlearn serve --state-dir state/w0 --config worker.toml --follow-updates
 """
 
 from __future__ import annotations
@@ -166,9 +172,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="produce every decision's exposure records to this Kafka topic",
     )
     p.add_argument(
+        "--follow-updates",
+        action="store_true",
+        help="[group] state only: after the newest snapshot, follow the group's model-updates topic "
+        "(group.updates_topic, or <first topic>.updates) delta by delta",
+    )
+    p.add_argument(
         "--bootstrap",
         metavar="HOST:PORT",
-        help="Kafka for --decisions-topic (default: config kafka.bootstrap_servers)",
+        help="Kafka for --decisions-topic and --follow-updates (default: config kafka.bootstrap_servers)",
     )
     p.add_argument(
         "--wait",
@@ -192,7 +204,12 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     fallback = config if args.config else None
     holder = ViewHolder()
-    follower = SnapshotFollower(args.state_dir, holder, fallback, args.poll)
+    if args.follow_updates:
+        from consumers.updates_follower import UpdatesFollower
+
+        follower = UpdatesFollower(args.state_dir, holder, config, fallback, args.poll, args.bootstrap)
+    else:
+        follower = SnapshotFollower(args.state_dir, holder, fallback, args.poll)
     deadline = time.monotonic() + args.wait
     while not follower.refresh():
         if time.monotonic() >= deadline:
@@ -229,9 +246,15 @@ def run(args: argparse.Namespace) -> int:
         follower.stop()
         server.stop()
     served = sum(s.value for m in server.requests.collect() for s in m.samples if s.name.endswith("_total"))
+    if args.follow_updates:
+        followed = (
+            f"{holder.swaps} models swapped in from snapshot {follower.seq:08d} and the updates topic "
+            f"up to offset {follower.offset:,} ({follower.events_applied:,} events)"
+        )
+    else:
+        followed = f"{holder.swaps} snapshots loaded (last {follower.seq:08d})"
     print(
-        f"serve: stopped after {time.monotonic() - started:.0f} s; {served:,.0f} requests answered, "
-        f"{holder.swaps} snapshots loaded (last {follower.seq:08d})",
+        f"serve: stopped after {time.monotonic() - started:.0f} s; {served:,.0f} requests answered, {followed}",
         file=sys.stderr,
     )
     return 0

@@ -42,32 +42,29 @@ class UpdatesLog:
         Largest delta; the topic, the producer and the reader are configured for it.
     client
         ``[kafka.client]`` (security settings reach both clients).
+    writer
+        False for a reader only (a serving replica): the topic is neither created nor written.
     """
 
-    def __init__(self, bootstrap_servers: str, topic: str, max_bytes: int, client: dict | None = None):
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        max_bytes: int,
+        client: dict | None = None,
+        writer: bool = True,
+    ):
         self.bootstrap, self.topic, self.max_bytes = bootstrap_servers, topic, max_bytes
         self.tp = TopicPartition(topic, 0)
+        self.producer: KafkaProducer | None = None
         limit = max_bytes + _FRAMING
         try:
-            ensure_topic(
-                bootstrap_servers,
-                topic,
-                1,
-                producer_settings(client or {}),
-                connect_timeout_s=5.0,
-                configs={
-                    "max.message.bytes": str(limit),
-                    "segment.bytes": str(max(4 * limit, 1 << 27)),  # a segment holds the largest delta
-                    "retention.ms": "-1",  # the topic after the oldest snapshot must stay readable
-                },
-            )
-        except KafkaProduceError as exc:
-            raise KafkaUnavailableError(str(exc)) from exc
-        try:
-            prod = {"acks": "all", "linger_ms": 0, "max_request_size": limit, "max_block_ms": 5000}
-            self.producer = KafkaProducer(
-                bootstrap_servers=bootstrap_servers, **{**producer_settings(client or {}), **prod}
-            )
+            if writer:
+                self._create(limit, client)
+                prod = {"acks": "all", "linger_ms": 0, "max_request_size": limit, "max_block_ms": 5000}
+                self.producer = KafkaProducer(
+                    bootstrap_servers=bootstrap_servers, **{**producer_settings(client or {}), **prod}
+                )
             cons = consumer_settings(client or {})
             for key in (
                 "auto_offset_reset",
@@ -90,6 +87,23 @@ class UpdatesLog:
             ) from exc
         self.consumer.assign([self.tp])
         self.failed: list[BaseException] = []
+
+    def _create(self, limit: int, client: dict | None) -> None:
+        try:
+            ensure_topic(
+                self.bootstrap,
+                self.topic,
+                1,
+                producer_settings(client or {}),
+                connect_timeout_s=5.0,
+                configs={
+                    "max.message.bytes": str(limit),
+                    "segment.bytes": str(max(4 * limit, 1 << 27)),  # a segment holds the largest delta
+                    "retention.ms": "-1",  # the topic after the oldest snapshot must stay readable
+                },
+            )
+        except KafkaProduceError as exc:
+            raise KafkaUnavailableError(str(exc)) from exc
 
     # ------------------------------------------------------------------ out
     def publish(self, value: bytes, key: str) -> None:
@@ -126,8 +140,10 @@ class UpdatesLog:
 
     def close(self) -> None:
         try:
-            self.producer.flush(timeout=5)
+            if self.producer is not None:
+                self.producer.flush(timeout=5)
         except Exception as exc:  # closing is best effort: the state is in the snapshot
             log.warning("flushing the updates producer failed: %r", exc)
-        self.producer.close(timeout=5)
+        if self.producer is not None:
+            self.producer.close(timeout=5)
         self.consumer.close()

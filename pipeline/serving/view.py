@@ -61,16 +61,20 @@ class ModelVersion:
     events_applied: int
     snapshot_seq: int | None
     built_at_ms: int
-    origin: str  # "live" (the worker's model after a batch) or "snapshot"
+    origin: str  # "live" (the worker's model after a batch), "snapshot", or "updates" (a group's topic)
+    updates_offset: int | None = None  # under [group]: the updates topic's offset the model folds up to
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "config_hash": self.config_hash,
             "events_applied": self.events_applied,
             "snapshot_seq": self.snapshot_seq,
             "built_at_ms": self.built_at_ms,
             "origin": self.origin,
         }
+        if self.updates_offset is not None:
+            out["updates_offset"] = self.updates_offset
+        return out
 
 
 @dataclass
