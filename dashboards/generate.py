@@ -352,6 +352,19 @@ def models() -> dict:
             defaults={"min": 0.5, "max": 1},
         ),
         panel(
+            "AUC by worker",
+            "timeseries",
+            [
+                q(
+                    f"min by (learner, instance) (streamlearn_model_auc{{{JOB}, {lr}}})",
+                    "{{learner}} @ {{instance}}",
+                )
+            ],
+            desc="Each worker's own window (its smallest), so a cold or lagging worker of a group shows "
+            "instead of hiding behind the best one.",
+            defaults={"min": 0.5, "max": 1},
+        ),
+        panel(
             "Logloss (windowed, prequential)",
             "timeseries",
             [
@@ -610,6 +623,56 @@ def state() -> dict:
                 )
             ],
             unit="s",
+        ),
+        row("Many workers, one model ([group])"),
+        panel(
+            "Model deltas / s by outcome",
+            "timeseries",
+            [q(f"sum by (outcome) (rate(streamlearn_group_deltas_total{{{JOB}}}[{RI}]))", "{{outcome}}")],
+            unit="ops",
+            desc="published and own: this worker's; accepted: peers' added; duplicate: retries or replays "
+            "(harmless); conflict, refused, incompatible, unreadable: look at the worker's log.",
+        ),
+        panel(
+            "Delta bytes / s",
+            "timeseries",
+            [
+                q(
+                    f"sum by (direction) (rate(streamlearn_group_sync_bytes_total{{{JOB}}}[{RI}]))",
+                    "{{direction}}",
+                )
+            ],
+            unit="Bps",
+        ),
+        panel(
+            "Share of each worker's loop on sync",
+            "timeseries",
+            [
+                q(
+                    f"sum by (instance) (rate(streamlearn_group_sync_seconds_total{{{JOB}}}[{RI}]))",
+                    "{{instance}}",
+                )
+            ],
+            unit="percentunit",
+            desc="CPU time making, sending, reading and adding deltas, per second of wall time.",
+        ),
+        panel(
+            "Updates not yet read",
+            "timeseries",
+            [q(f"max by (instance) (streamlearn_group_updates_lag{{{JOB}}})", "{{instance}}")],
+            w=6,
+        ),
+        panel(
+            "Frontier spread (records)",
+            "stat",
+            [
+                q(
+                    f"max(streamlearn_group_frontier_records{{{JOB}}}) - min(streamlearn_group_frontier_records{{{JOB}}})",
+                    instant=True,
+                )
+            ],
+            w=6,
+            desc="How many records the slowest worker's copy of the model is behind the newest one's.",
         ),
         row("Embedding tables"),
         panel(

@@ -37,7 +37,20 @@ from pipeline.observers import GaugeSource
 # `_created` timestamps double the series count and no dashboard uses them
 disable_created_metrics()
 
-__all__ = ["METRIC_NAMES", "SnapshotMetrics", "StreamMetrics"]
+__all__ = ["GROUP_OUTCOMES", "METRIC_NAMES", "SnapshotMetrics", "StreamMetrics"]
+
+#: ``streamlearn_group_deltas_total{outcome}``: the worker's own (published; own = read back
+#: accepted), its peers' by the fold's verdict (pipeline/group/fold.py), and the sync's own
+GROUP_OUTCOMES = (
+    "published",
+    "own",
+    "accepted",
+    "duplicate",
+    "conflict",
+    "incompatible",
+    "refused",
+    "unreadable",
+)
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _FRESHNESS_BUCKETS = (
@@ -212,6 +225,11 @@ class StreamMetrics:
             "Deltas in the updates topic that this worker has not read yet.",
             registry=r,
         )
+        # every label value exported from the start (at 0), so that rates and dashboards have series
+        for outcome in GROUP_OUTCOMES:
+            self.group_deltas.labels(outcome=outcome)
+        for direction in ("sent", "received"):
+            self.group_bytes.labels(direction=direction)
         self.ready = Gauge("streamlearn_ready", "1 when the worker is consuming, else 0.", registry=r)
         self.build_info = Gauge(
             "streamlearn_build_info", "Version of the running code.", ["version"], registry=r

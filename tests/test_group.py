@@ -310,3 +310,16 @@ def test_learners_whose_state_is_not_a_sum_are_refused(learner, match):
 def test_group_and_join_cannot_both_be_on():
     with pytest.raises(ConfigError, match="join"):
         load_config(overrides={"group": {"enabled": True}, "join": {"enabled": True}})
+
+
+def test_every_outcome_the_sync_reports_is_an_exported_label_value_from_the_start():
+    from pipeline.group.fold import ACCEPTED, CONFLICT, DUPLICATE
+    from pipeline.group.sync import INCOMPATIBLE, REFUSED
+    from pipeline.metrics import GROUP_OUTCOMES, StreamMetrics
+
+    assert {ACCEPTED, CONFLICT, DUPLICATE, INCOMPATIBLE, REFUSED, "own", "published", "unreadable"} <= set(
+        GROUP_OUTCOMES
+    )
+    text = StreamMetrics().exposition().decode()
+    assert 'streamlearn_group_deltas_total{outcome="conflict"} 0.0' in text
+    assert 'streamlearn_group_sync_bytes_total{direction="received"} 0.0' in text
