@@ -60,7 +60,7 @@ test-fast: install
 bench: install
 	mkdir -p benchmarks/results
 	$(PY) benchmarks/replay.py
-	@for b in benchmarks/snapshot.py benchmarks/kafka_worker.py benchmarks/bandits.py benchmarks/neural.py benchmarks/error_memory.py benchmarks/serving.py benchmarks/scaling.py; do \
+	@for b in benchmarks/snapshot.py benchmarks/kafka_worker.py benchmarks/bandits.py benchmarks/neural.py benchmarks/error_memory.py benchmarks/serving.py benchmarks/scaling.py benchmarks/allreduce.py; do \
 	    if [ -f $$b ]; then echo "== $$b"; $(PY) $$b || exit 1; fi; done
 
 # obp 0.5.7 pins torch 1.12 and Python < 3.10: it goes in a virtualenv of its own, without its
