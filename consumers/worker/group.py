@@ -422,15 +422,19 @@ class GroupCoordinator:
 
     # ------------------------------------------------------------------ rollback
     def _internal_rollback(self, why: str) -> None:
+        if self._guarded_rollback(why) and self.on_rollback is not None:
+            self.on_rollback()
+
+    def _guarded_rollback(self, why: str) -> bool:
+        """Roll back unless a rollback is under way (a failure inside one must not start another)."""
         if self._rolling_back:
-            return
+            return False
         self._rolling_back = True
         try:
             self._rollback(why)
         finally:
             self._rolling_back = False
-        if self.on_rollback is not None:
-            self.on_rollback()
+        return True
 
     def _rollback(self, why: str) -> None:
         """Reload the newest snapshot; the topic after it is read when the partitions are positioned
@@ -451,11 +455,7 @@ class GroupCoordinator:
         """Back to the newest snapshot and the topic after it (partitions lost or revoked unsaved)."""
         if not self.ahead():
             return False
-        self._rolling_back = True
-        try:
-            self._rollback(why)
-        finally:
-            self._rolling_back = False
+        self._guarded_rollback(why)
         return True
 
     # ------------------------------------------------------------------ assignment
