@@ -47,7 +47,7 @@ from pipeline.runner import RawBatch
 __all__ = ["FileSource", "detect_format", "expand_paths"]
 
 log = logging.getLogger("streamlearn.source")
-_STRING_FIELDS = ("event_id", "user_id", "item_id", "event_type", "request_id")
+_STRING_FIELDS = ("event_id", "user_id", "item_id", "event_type", "request_id", "exposure_id")
 _SUFFIXES = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",

@@ -73,6 +73,7 @@ BAD_RECORDS = [
     ("ts_bool", _with(ts=True), "got bool"),
     ("unknown_event_type", _with(event_type="teleport"), "unknown event_type 'teleport'"),
     ("event_type_number", _with(event_type=3), "field 'event_type' must be a string, got int"),
+    ("exposure_id_list", _with(exposure_id=["d:0"]), "field 'exposure_id' must be a string"),
     ("features_list", _with(features=[1, 2]), "field 'features' must be an object, got list"),
     (
         "feature_nested",
@@ -96,6 +97,7 @@ REASON_OF = {
     "json_string": "not_an_object",
     "string_label": "wrong_type",
     "float_user_id": "wrong_type",
+    "exposure_id_list": "wrong_type",
     "bool_user_id": "wrong_type",
     "nan_label": "non_finite",
     "inf_label": "non_finite",
@@ -273,6 +275,8 @@ ACCEPTED_JSON = [
     # (changes to the good record, column, expected value after decoding)
     ({"user_id": 42}, "user_id", "42"),
     ({"request_id": 7}, "request_id", "7"),
+    ({"exposure_id": "d-1:0"}, "exposure_id", "d-1:0"),
+    ({"exposure_id": 12}, "exposure_id", "12"),
     ({"label": True}, "label", 1.0),
     ({"ts": 1.7e12 + 0.4}, "ts", 1_700_000_000_000),
     ({"ts": "2024-01-01T10:00:00"}, "ts", 1_704_103_200_000),  # no offset: UTC
@@ -369,3 +373,10 @@ def test_check_schema_names_the_file_the_column_and_its_type():
             check_schema(schema, "f.parquet")
     with pytest.raises(ConfigError, match=r"f\.parquet: no column 'label'"):
         check_schema(pa.schema([f for f in good if f.name != "label"]), "f.parquet")
+
+
+def test_an_integer_exposure_id_column_reads_as_decimal_strings_like_the_other_ids():
+    table = pa.Table.from_pylist([{**orjson.loads(_with()), "exposure_id": 12}]).to_batches()[0]
+    batch, dead = decode_arrow(table, RULES)
+    assert dead == [] and batch.column("exposure_id").to_pylist() == ["12"]
+    assert "exposure_id" not in dict(batch.column("cat_features").to_pylist()[0])  # an event field

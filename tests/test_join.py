@@ -197,6 +197,34 @@ def test_exposures_without_request_id_close_unjoined_and_are_counted():
     assert j.counters["unlinkable"] == 2 and j.counters["orphans"] == 1
 
 
+def test_exposure_id_links_an_outcome_to_the_exposure_it_names_whatever_its_request_and_item():
+    j = _joiner(strategy="wait", link="exposure_id")
+    # two exposures of one (request, item): only the id tells them apart
+    rows = [_x("d1:0", 0), _x("d2:0", 500), _x("n", 600, request=None)]
+    clicks = [
+        {**_o("c1", 2000, request=None, item="other"), "exposure_id": "d2:0"},  # request and item ignored
+        {**_o("c2", 2500), "exposure_id": "nowhere"},  # names no exposure: pending, then an orphan
+        _o("c3", 2600),  # no exposure_id: unlinkable under this link
+    ]
+    _step(j, rows + clicks)
+    out = _step(j, [_x("z", 50_000)])
+    assert _final(out) == {"d1:0": 0.0, "d2:0": 1.0, "n": 0.0}
+    c = j.counters
+    assert (c["attributed"], c["orphans"], c["unlinkable"], c["repeated_exposures"]) == (1, 2, 1, 0)
+
+
+def test_the_decision_log_exposure_ids_are_what_decide_returns(tmp_path):
+    from pipeline.serving.decisions import exposure_events
+    from pipeline.serving.requests import parse_request
+    from pipeline.serving.view import Decision, ModelVersion
+
+    req = parse_request({"model": "m", "user_id": "u", "candidates": ["a", "b", "c"], "k": 2})
+    version = ModelVersion("h", 0, None, 0, "live")
+    decision = Decision("d-1", req, "p", ["c", "a"], [2, 0], [0.5, 0.25], [1.0, 0.5], version)
+    returned = [item["exposure_id"] for item in decision.to_dict()["items"]]
+    assert returned == [e["event_id"] for e in exposure_events(decision)] == ["d-1:0", "d-1:1"]
+
+
 def test_a_repeated_exposure_key_is_counted_not_joined_twice():
     j = _joiner(strategy="wait")
     _step(j, [_x("a", 0), _x("a2", 10)])
@@ -260,6 +288,8 @@ def test_join_config_is_validated_with_the_key_named():
         load_config(overrides={"join": {"strategy": "es_dfm", "elapsed_s": 7200, "window_s": 3600}})
     with pytest.raises(ConfigError, match=r"join\.outcome_types"):
         load_config(overrides={"join": {"exposure_types": ["click"]}})
+    with pytest.raises(ConfigError, match=r"join\.link.*request_item, exposure_id"):
+        load_config(overrides={"join": {"link": "event_id"}})
     cfg = load_config(
         overrides={"join": {"enabled": True, "strategy": "es_dfm", "windows_s": {"order": 86400}}}
     )

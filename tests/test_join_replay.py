@@ -141,6 +141,35 @@ def test_clicks_that_reuse_the_exposure_id_are_not_deduplicated_away(tmp_path):
     assert joined["duplicates"] == 0 and joined["join"]["attributed"] == clicks
 
 
+def test_outcomes_that_name_their_exposure_by_id_join_as_by_request_and_item(tmp_path):
+    rows, clicks = delayed_log(n_requests=1500)
+    by_request = replay(tmp_path, rows, JOIN.format(strategy="fake_negative"), name="by_request")
+    # the clicks say which exposure they follow, and nothing else links them
+    exposure_of = {
+        (r["request_id"], r["item_id"]): r["event_id"] for r in rows if r["event_type"] == "impression"
+    }
+    named = [
+        {k: v for k, v in r.items() if k != "request_id"}
+        | {"exposure_id": exposure_of[r["request_id"], r["item_id"]]}
+        if r["event_type"] == "click"
+        else r
+        for r in rows
+    ]
+    by_id_dir = tmp_path / "by_id"
+    by_id_dir.mkdir()
+    config = JOIN.format(strategy="fake_negative").replace(
+        "enabled = true", 'enabled = true\nlink = "exposure_id"'
+    )
+    by_id = replay(by_id_dir, named, config, name="by_id")
+    assert by_id["join"]["attributed"] == clicks and by_id["join"]["unlinkable"] == 0
+    assert by_id["learners"]["ftrl"] == by_request["learners"]["ftrl"]
+    # under the default link the same clicks link to nothing
+    plain_dir = tmp_path / "plain"
+    plain_dir.mkdir()
+    unlinked = replay(plain_dir, named, JOIN.format(strategy="fake_negative"), name="unlinked")
+    assert unlinked["join"]["attributed"] == 0 and unlinked["join"]["unlinkable"] == clicks
+
+
 @pytest.mark.parametrize("strategy", ["wait", "es_dfm"])
 def test_a_stopped_replay_resumes_with_every_exposure_joined_once(tmp_path, strategy):
     rows, _ = delayed_log(n_requests=1200)

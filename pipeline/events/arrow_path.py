@@ -270,6 +270,7 @@ def decode_arrow(batch: pa.RecordBatch, rules: EventRules) -> tuple[EventBatch, 
     propensity, has_prop = _arrow_number(batch, "propensity", inv, required=False)
     _mark_propensity_range(inv, propensity, has_prop)
     request_id = _arrow_optional_str(batch, "request_id", inv)
+    exposure_id = _arrow_optional_str(batch, "exposure_id", inv)
     candidates = arrow_candidates(batch, inv)
     mark_inconsistent_candidates(inv, item_id, candidates)
     cat, num = _arrow_features(batch, inv)
@@ -285,6 +286,7 @@ def decode_arrow(batch: pa.RecordBatch, rules: EventRules) -> tuple[EventBatch, 
                 pa.array(position, type=pa.int64(), mask=~has_pos),
                 pa.array(propensity, type=pa.float64(), mask=~has_prop),
                 request_id,
+                exposure_id,
                 candidates,
                 cat,
                 num,

@@ -4,7 +4,7 @@ becomes the event schema (the README's "Events" section states the same rules).
 =================  =======================================================================
 field              accepted column types
 =================  =======================================================================
-ids                ``event_id``, ``user_id``, ``item_id``, ``request_id``: string, large
+ids                ``event_id``, ``user_id``, ``item_id``, ``request_id``, ``exposure_id``: string, large
                    string, dictionary of strings, or integers (written in decimal, ``42`` ->
                    ``"42"``); ``event_type``: strings only
 ``label``          float, integer or boolean (true = 1)
@@ -58,11 +58,12 @@ EVENT_FIELDS = (
     "position",
     "propensity",
     "request_id",
+    "exposure_id",
     "candidates",
     "features",
 )
 REQUIRED_FIELDS = ("event_id", "ts", "user_id", "item_id", "label")
-_ID_FIELDS = frozenset({"event_id", "user_id", "item_id", "event_type", "request_id"})
+_ID_FIELDS = frozenset({"event_id", "user_id", "item_id", "event_type", "request_id", "exposure_id"})
 _TEXT_ONLY = frozenset({"event_type"})  # a name from a fixed set, not a number
 _EVENT_SET = frozenset(EVENT_FIELDS)
 #: What ``streamlearn simulate --truth`` adds (``TRUTH_FIELDS`` and ``DELAY_TRUTH_FIELDS`` in

@@ -82,6 +82,7 @@ def decode_json(values: Sequence[bytes], rules: EventRules) -> tuple[EventBatch,
     propensity, has_prop = _check_number(objs, "propensity", inv, required=False)
     _mark_propensity_range(inv, propensity, has_prop)
     cols["request_id"] = _check_optional_str(objs, "request_id", inv, integers=True)
+    cols["exposure_id"] = _check_optional_str(objs, "exposure_id", inv, integers=True)
     candidates = check_candidate_values(objs, inv)
     cat, num = _check_features(objs, inv, rules)
     item_id = _strings(cols["item_id"], inv.bad)
@@ -99,6 +100,7 @@ def decode_json(values: Sequence[bytes], rules: EventRules) -> tuple[EventBatch,
         pa.array(position, type=pa.int64(), mask=~has_pos),
         pa.array(propensity, type=pa.float64(), mask=~has_prop),
         _strings(cols["request_id"], bad),
+        _strings(cols["exposure_id"], bad),
         candidates,
         _map_array(*cat, pa.string()),
         _map_array(*num, pa.float64()),
@@ -122,6 +124,7 @@ _JSON_SCHEMA = pa.schema(
         ("position", pa.int64()),
         ("propensity", pa.float64()),
         ("request_id", pa.string()),
+        ("exposure_id", pa.string()),
         ("candidates", CANDIDATES_TYPE),
     ]
 )

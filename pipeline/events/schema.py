@@ -36,6 +36,7 @@ EVENT_SCHEMA = pa.schema(
         pa.field("position", pa.int64()),
         pa.field("propensity", pa.float64()),
         pa.field("request_id", pa.string()),
+        pa.field("exposure_id", pa.string()),
         pa.field("candidates", pa.list_(pa.string())),
         pa.field("cat_features", pa.map_(pa.string(), pa.string())),
         pa.field("num_features", pa.map_(pa.string(), pa.float64())),
@@ -43,7 +44,7 @@ EVENT_SCHEMA = pa.schema(
     ]
 )
 _REQUIRED_STR = ("event_id", "user_id", "item_id")
-_OPTIONAL_STR = ("event_type", "request_id")
+_OPTIONAL_STR = ("event_type", "request_id", "exposure_id")
 
 
 @dataclass(frozen=True)

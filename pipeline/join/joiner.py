@@ -12,7 +12,8 @@ One micro-batch goes through two steps, around the runner's predictions:
    exposures are final (their label, their exposure-time predictions).
 
 The rules (docs/delayed_feedback.md): an exposure is keyed by ``(request_id, item_id)`` (without a
-``request_id`` it can never be linked and closes with label 0); an outcome is attributed when it
+``request_id`` it can never be linked and closes with label 0), or with ``link = "exposure_id"``
+by its ``event_id``, which an outcome names in its ``exposure_id``; an outcome is attributed when it
 comes at most its type's window after the exposure; the watermark is the largest event time seen
 less ``allowed_lateness_ms``; an exposure closes when the watermark passes its time plus the
 longest window, or early when the store is over a bound (evicted). An outcome whose exposure is
@@ -121,6 +122,7 @@ class Joiner:
         self._window_ms = np.array([settings.window_ms_of(t) for t in settings.outcome_types], np.int64)
         self._longest_ms = round(1000 * settings.longest_window_s)
         self._elapsed_ms = round(1000 * settings.elapsed_s)
+        self._link_field = "exposure_id" if settings.link == "exposure_id" else "request_id"  # an outcome's
         self.max_ts = np.iinfo(np.int64).min
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.delay_positives = 0  # closed exposures with an outcome, and those whose came after elapsed_s
@@ -145,7 +147,14 @@ class Joiner:
             return self.max_ts
         return int(self.max_ts) - self.settings.allowed_lateness_ms
 
-    def _keys(self, events: EventBatch) -> np.ndarray:
+    def _keys(self, events: EventBatch, is_o: np.ndarray) -> np.ndarray:
+        if self.settings.link == "exposure_id":
+            # an exposure is its own event id; an outcome names it: one namespace for both
+            own = hash_strings(events.column("event_id"), "join.exposure")
+            if not is_o.any():
+                return own
+            named = hash_strings(events.column("exposure_id"), "join.exposure")
+            return np.where(is_o, named, own)
         request = events.column("request_id")
         keys = combine(
             hash_strings(request, "join.request_id"), hash_strings(events.column("item_id"), "item_id")
@@ -170,7 +179,7 @@ class Joiner:
         is_o = kind >= 0
         if len(events):
             self.max_ts = max(self.max_ts, int(events.ts.max()))
-        keys = self._keys(events) if (is_x.any() or is_o.any()) else np.zeros(len(events), np.uint64)
+        keys = self._keys(events, is_o) if (is_x.any() or is_o.any()) else np.zeros(len(events), np.uint64)
         x = np.flatnonzero(is_x)
         exposures = events.take(x) if len(x) else EventBatch.empty()
         plain = ~(is_x | is_o)
@@ -178,7 +187,7 @@ class Joiner:
         self._new_slots, opened = self._open(exposures, keys[x])
         c["exposures"] += len(self._new_slots)
         o = np.flatnonzero(is_o)
-        linkable = events.column("request_id").is_valid().to_numpy(zero_copy_only=False)[o]
+        linkable = events.column(self._link_field).is_valid().to_numpy(zero_copy_only=False)[o]
         c["outcomes"] += len(o)
         c["unlinkable"] += int((~linkable).sum())
         c["orphans"] += int((~linkable).sum())
@@ -201,7 +210,7 @@ class Joiner:
         fresh[first] = True
         fresh &= self.store.lookup(keys) < 0
         self.counters["repeated_exposures"] += int(len(keys) - fresh.sum())
-        if exposures.column("request_id").null_count:
+        if self.settings.link == "request_item" and exposures.column("request_id").null_count:
             self.counters["unlinkable"] += int(exposures.column("request_id").null_count)
         keep = np.flatnonzero(fresh)
         if len(keep) < len(keys):

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 
 from pipeline.errors import require
 
-__all__ = ["LABEL_RULES", "STRATEGIES", "JoinConfig"]
+__all__ = ["LABEL_RULES", "LINKS", "STRATEGIES", "JoinConfig"]
 
 STRATEGIES = ("wait", "fake_negative", "es_dfm")
 LABEL_RULES = ("first", "max", "sum")
+LINKS = ("request_item", "exposure_id")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ class JoinConfig:
     exposure_types, outcome_types
         ``event_type`` values of exposures (impressions, served decisions) and of outcomes.
         Events of any other type, or without one, are examples whose label is already final.
+    link
+        How an outcome names its exposure: ``request_item`` (the same ``request_id`` and
+        ``item_id``) or ``exposure_id`` (the outcome's ``exposure_id`` is the exposure's
+        ``event_id``, as ``/v1/decide`` returns it for each chosen item).
     window_s
         Attribution window: an outcome more than this after its exposure is not attributed to it.
     windows_s
@@ -60,6 +65,7 @@ class JoinConfig:
     strategy: str = "fake_negative"
     exposure_types: tuple[str, ...] = ("impression", "view")
     outcome_types: tuple[str, ...] = ("click", "add_to_cart", "order", "purchase")
+    link: str = "request_item"
     window_s: float = 3600.0
     windows_s: Mapping[str, float] = field(default_factory=dict)
     label: str = "first"
@@ -74,6 +80,7 @@ class JoinConfig:
         require(
             self.strategy in STRATEGIES, "join.strategy", self.strategy, "one of " + ", ".join(STRATEGIES)
         )
+        require(self.link in LINKS, "join.link", self.link, "one of " + ", ".join(LINKS))
         require(self.label in LABEL_RULES, "join.label", self.label, "one of " + ", ".join(LABEL_RULES))
         require(len(self.exposure_types) >= 1, "join.exposure_types", list(self.exposure_types), "a type")
         require(len(self.outcome_types) >= 1, "join.outcome_types", list(self.outcome_types), "a type")

@@ -35,7 +35,7 @@ def exposure_events(decision: Decision) -> list[dict[str, Any]]:
     version = decision.version.to_dict()
     return [
         {
-            "event_id": f"{decision.decision_id}:{slot}",
+            "event_id": decision.exposure_id(slot),
             "ts": decision.ts_ms,
             "user_id": req.user_id,
             "item_id": item,

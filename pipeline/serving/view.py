@@ -91,6 +91,11 @@ class Decision:
     version: ModelVersion
     ts_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
+    def exposure_id(self, slot: int) -> str:
+        """The ``event_id`` of the exposure logged for ``slot``: what an outcome names in its
+        ``exposure_id`` (``[join] link = "exposure_id"``)."""
+        return f"{self.decision_id}:{slot}"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "decision_id": self.decision_id,
@@ -98,7 +103,14 @@ class Decision:
             "model": self.request.model,
             "policy": self.policy,
             "items": [
-                {"item_id": i, "slot": s, "candidate": c, "propensity": p, "score": v}
+                {
+                    "item_id": i,
+                    "slot": s,
+                    "candidate": c,
+                    "propensity": p,
+                    "score": v,
+                    "exposure_id": self.exposure_id(s),
+                }
                 for s, (i, c, p, v) in enumerate(
                     zip(self.items, self.positions, self.propensities, self.scores)
                 )
@@ -269,6 +281,7 @@ def requests_events(parts: list[tuple[Request, list[str], list[dict[str, Any]]]]
         position,
         propensity,
         pa.array(request_ids, pa.string()),
+        pa.nulls(n, pa.string()),  # exposure_id: a request is no outcome
         candidates,
         cat.map_array(pa.string()),
         num.map_array(pa.float64()),
