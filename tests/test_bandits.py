@@ -74,11 +74,15 @@ def test_resolve_unseen_ids_appends_rows_in_first_appearance_order():
     assert table.ids == ["x", "y", "z"]
 
 
-def test_resolve_integer_row_clashing_with_an_id_raises():
+def test_integer_candidates_are_ids_and_create_no_arm_they_do_not_name():
     table = ArmTable()
     table.resolve(["1"])  # row 0 is named "1"
-    with pytest.raises(ValueError, match="arms: integer row 1 would create arm id '1'"):
-        table.resolve(np.array([1]))
+    assert table.resolve(np.array([1, 7])).tolist() == [0, 1]  # 1 is the arm "1"; 7 a new arm "7"
+    assert table.ids == ["1", "7"]  # no arms "2".."6"
+    assert table.lookup(np.array([[7, 3]])).tolist() == [[1, -1]]
+    assert table.resolve(np.array(["7", 1], dtype=object)).tolist() == [1, 0]
+    with pytest.raises(TypeError, match="arm ids"):
+        table.resolve(np.array([1.5]))
 
 
 def test_context_vectors_exclude_item_and_named_features():
@@ -461,7 +465,7 @@ def test_registry_builds_every_policy_kind():
         (lambda: LinUCB(dim=2).update(np.ones((1, 2)), ["a"], [1.0], weights=[-1.0]), "weights"),
         (lambda: LinUCB(dim=2).update(np.ones((2, 2)), ["a"], [1.0]), "contexts"),
         (lambda: BetaThompson().update(None, ["a"], [2.0]), "rewards"),
-        (lambda: LinUCB(dim=2).update(np.ones((1, 2)), [-1], [1.0]), "arms"),
+        (lambda: LinUCB(dim=2).update(np.ones((1, 2)), [["a"]], [1.0]), "arms"),
         (lambda: LinUCB(dim=2, gauge_window=-1), "gauge_window"),
         (lambda: LinearThompson(dim=2).distribution(np.ones((1, 2)), ["a"], n_mc=0), "n_mc"),
     ],

@@ -11,8 +11,8 @@ Examples
 >>> table = ArmTable()
 >>> table.resolve(["b", "a", "b"]).tolist()
 [0, 1, 0]
->>> table.resolve(np.array([3])).tolist(), table.ids
-([3], ['b', 'a', '2', '3'])
+>>> table.resolve(np.array([3])).tolist(), table.ids   # an integer is an id ("3"), never a row
+([2], ['b', 'a', '3'])
 >>> table.find(hash_strings(["a", "zz"], "item_id")).tolist()
 [1, -1]
 """
@@ -85,14 +85,13 @@ class ArmTable:
         return rows
 
     def resolve(self, arms, name: str = "arms") -> np.ndarray:
-        """Rows of ``arms``: ids (strings), or integer rows (the table grows to cover them).
+        """Rows of ``arms`` (ids), adding unseen ones in order of first appearance.
 
-        An integer row beyond the table creates arms named by their row number (``"7"``), which
-        is how closed-loop simulations with items ``0..m-1`` use the policies.
+        Integers are ids written in decimal (``7`` is the arm ``"7"``), as the event decoders
+        read integer item ids; they never address rows, so no arm is ever created that was not
+        named.
         """
         arms = _as_arms(arms, name)
-        if arms.dtype.kind in "iu":
-            return self._resolve_rows(arms.astype(np.int64), name)
         flat = arms.ravel()
         hashes = hash_strings(pa.array(flat.tolist(), pa.string()), ARM_NAMESPACE)
         rows = self.resolve_hashes(hashes, lambda pos: [str(flat[p]) for p in pos])
@@ -101,29 +100,10 @@ class ArmTable:
     def lookup(self, arms, name: str = "arms") -> np.ndarray:
         """Rows of ``arms`` as :meth:`resolve` gives them, -1 where the arm is unknown; adds nothing."""
         arms = _as_arms(arms, name)
-        if arms.dtype.kind in "iu":
-            rows = arms.astype(np.int64)
-            _check_rows(rows, name)
-            return np.where(rows < len(self.ids), rows, -1)
         flat = arms.ravel()
         return self.find(hash_strings(pa.array(flat.tolist(), pa.string()), ARM_NAMESPACE)).reshape(
             arms.shape
         )
-
-    def _resolve_rows(self, rows: np.ndarray, name: str) -> np.ndarray:
-        _check_rows(rows, name)
-        top = int(rows.max()) + 1 if rows.size else 0
-        if top > len(self.ids):
-            ids = [str(i) for i in range(len(self.ids), top)]
-            hashes = hash_strings(pa.array(ids, pa.string()), ARM_NAMESPACE)
-            clash = self.find(hashes) >= 0
-            if clash.any():
-                raise ValueError(
-                    f"{name}: integer row {len(self.ids) + int(np.argmax(clash))} would create arm id "
-                    f"{ids[int(np.argmax(clash))]!r}, which already names another row"
-                )
-            self._append(ids, hashes)
-        return rows
 
     def _append(self, ids: list[str], hashes: np.ndarray) -> None:
         self.ids.extend(ids)
@@ -133,14 +113,22 @@ class ArmTable:
 
 
 def _as_arms(arms, name: str) -> np.ndarray:
+    """Arm ids as an array of str (integers in decimal)."""
     if isinstance(arms, (pa.Array, pa.ChunkedArray)):
         arms = np.asarray(arms.to_pylist(), dtype=object)
     arms = np.asarray(arms)
-    if arms.dtype.kind not in "iuUO":
-        raise TypeError(f"{name} must hold arm ids (str) or integer rows, got dtype {arms.dtype}")
+    if arms.dtype.kind in "iu":
+        return arms.astype(str)
+    if arms.dtype.kind == "O":
+        bad = [a for a in arms.ravel().tolist() if type(a) is not str]
+        if any(type(a) is bool or not isinstance(a, (int, np.integer)) for a in bad):
+            first = next(a for a in bad if type(a) is bool or not isinstance(a, (int, np.integer)))
+            raise TypeError(f"{name} must hold arm ids (str or int), got {type(first).__name__} {first!r}")
+        if bad:
+            return np.array([a if type(a) is str else str(int(a)) for a in arms.ravel().tolist()]).reshape(
+                arms.shape
+            )
+        return arms
+    if arms.dtype.kind != "U":
+        raise TypeError(f"{name} must hold arm ids (str or int), got dtype {arms.dtype}")
     return arms
-
-
-def _check_rows(rows: np.ndarray, name: str) -> None:
-    if rows.size and rows.min() < 0:
-        raise ValueError(f"{name} must be >= 0 when given as integer rows, got {int(rows.min())}")

@@ -325,7 +325,8 @@ class BanditPolicy(Policy):
         contexts
             ``[n, dim]`` floats (context-free policies only use ``n``).
         candidates
-            Arm ids (str) or integer arm rows: ``[m]`` shared by every context or ``[n, m]``.
+            Arm ids (str, or int written in decimal: ``7`` is arm ``"7"``): ``[m]`` shared by
+            every context or ``[n, m]``.
             Unseen arms are scored with the prior statistics; they join the arm table when
             :meth:`update` first learns from them.
         k
@@ -472,7 +473,7 @@ class BanditPolicy(Policy):
     def update(self, contexts, arms, rewards, weights=None, action_features=None) -> None:
         """Learn from ``n`` (context, arm, reward) triples, optionally importance-weighted.
 
-        ``arms`` are ids (str) or integer rows; ``weights`` (>= 0) default to 1;
+        ``arms`` are ids (str, or int written in decimal); ``weights`` (>= 0) default to 1;
         ``action_features`` ``[n, action_dim]`` the arms' item features (shared-parameter
         policies only; None: the features each arm was last learned with).
         """
