@@ -169,7 +169,11 @@ def _compare_one(args, delay: str, seed: int) -> list[dict]:
         runs[f"wait {w:g} s"] = ({**base, "strategy": "wait", "window_s": w}, delayed)
     # learning at once costs no freshness for a long window, only memory: attribute for longer
     longest = args.nowait_window
-    runs["fake_negative"] = ({**base, "strategy": "fake_negative", "window_s": longest}, delayed)
+    runs["fake_negative (FNW)"] = ({**base, "strategy": "fake_negative", "window_s": longest}, delayed)
+    runs["fake_negative (FNC)"] = (
+        {**base, "strategy": "fake_negative", "correction": "fnc", "window_s": longest},
+        delayed,
+    )
     runs[f"es_dfm (wait {args.elapsed:g} s)"] = (
         {**base, "strategy": "es_dfm", "window_s": longest, "elapsed_s": args.elapsed},
         delayed,

@@ -80,6 +80,7 @@ class UpdatesFollower:
         self.config_hash = ""
         self.spec = None
         self.seed = 0
+        self.calibration: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -116,6 +117,7 @@ class UpdatesFollower:
         features = config.features
         self.spec = FeatureSpec(features.crosses, features.standardize, features.exclude)
         self.seed = config.seed
+        self.calibration = (manifest.get("config") or {}).get("calibration")
         updates = UpdatesLog(
             self.bootstrap,
             self.topic,
@@ -195,7 +197,10 @@ class UpdatesFollower:
             updates_offset=self.offset,
         )
         runner = self.group.runner
-        self.holder.swap(ModelView.from_state(runner.learners, self.spec, runner.state(), version, self.seed))
+        view = ModelView.from_state(
+            runner.learners, self.spec, runner.state(), version, self.seed, self.calibration
+        )
+        self.holder.swap(view)
 
     def start(self) -> UpdatesFollower:
         self._thread = threading.Thread(target=self._run, name="updates-follower", daemon=True)

@@ -35,6 +35,7 @@ from pipeline.events import DeadLetter, EventBatch, EventRules, attach_origins, 
 from pipeline.events.time_units import TimestampPlausibility
 from pipeline.features import FeatureBatch, FeatureSpec, Featurizer, concat_features
 from pipeline.join.settings import JoinConfig
+from pipeline.join.weights import calibrated_scores
 from pipeline.learners.base import Learner, StateBundle
 from pipeline.learners.registry import build_learner
 from pipeline.observers import DriftEventSource, RunnerObserver, StatefulObserver
@@ -157,6 +158,8 @@ class Runner:
         self._ts_check = TimestampPlausibility(self.rules.ts_unit)
         self._ts_checks_left = 10  # batches: a stream in another unit shows at once
         self.joiner = None
+        #: "fnc": every joined learner's scores are calibrated (pipeline.join.weights), else None
+        self.calibration = join.calibration if join is not None else None
         if join is not None and join.enabled:
             from pipeline.join.joiner import Joiner  # numpy/pyarrow work only when the join is on
 
@@ -278,7 +281,8 @@ class Runner:
         for learner in self.learners:
             ts = time.perf_counter()
             scores[learner.name] = p = learner.predict(scored) if scored is not None else np.zeros(0)
-            joiner.record_predictions(learner.name, p)
+            # evaluated (and reported) as served; learned from as the learner's own raw scores
+            joiner.record_predictions(learner.name, calibrated_scores(learner, p, self.calibration))
             durations[f"learn:{learner.name}"] = time.perf_counter() - ts
         out = joiner.advance()
         ts = time.perf_counter()

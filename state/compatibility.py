@@ -39,12 +39,15 @@ _EVENT_MEANING = ("ts_unit",)
 def config_identity(config: Config) -> dict[str, Any]:
     """The parts of ``config`` that stored state depends on, as JSON."""
     d = config.to_dict()
-    return {
+    out = {
         "learners": {s.label: {"kind": s.kind, "params": dict(s.params)} for s in config.learners},
         "features": d["features"],
         "seed": d["seed"],
         "events": d["events"],
     }
+    if config.join.calibration is not None:  # what the learners' raw scores mean (FNC: b, not p)
+        out["calibration"] = config.join.calibration
+    return out
 
 
 @dataclass
@@ -91,6 +94,11 @@ def compare_identity(saved: dict[str, Any], current: dict[str, Any]) -> ConfigCh
             change.refusals.append(
                 f"[{section}] changed ({what})" if section == "features" else f"seed changed ({what})"
             )
+    if saved.get("calibration") != current.get("calibration"):
+        change.notes.append(
+            f"join.correction changed (score calibration {saved.get('calibration')!r} -> "
+            f"{current.get('calibration')!r}): the stored models learned the other way and adapt online"
+        )
     old_events, new_events = saved.get("events", {}), current.get("events", {})
     for key in sorted(set(old_events) | set(new_events)):
         if old_events.get(key) == new_events.get(key):

@@ -337,3 +337,11 @@ def test_the_join_is_in_the_stack_and_its_counts_reach_prometheus():
     assert 'streamlearn_join_events_total{outcome="closed"} 2.0' in text
     assert "streamlearn_join_open_exposures 1.0" in text
     assert stack.runner.metrics["ftrl"].seen == 2  # a and b, scored when they came; no outcome record
+
+
+def test_a_join_state_with_nothing_open_restores():
+    j = _joiner(strategy="fake_negative")
+    _step(j, [{"event_id": "p", "ts": 0, "user_id": "u", "item_id": "i", "label": 1}])  # labelled only
+    again = _joiner(strategy="fake_negative")
+    again.load_state(j.state())
+    assert again.store.live == 0 and again.counters == j.counters

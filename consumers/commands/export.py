@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             f"--learner {args.learner!r} is not a neural ranker of snapshot {manifest['seq']:08d}; "
             f"neural rankers there: {', '.join(neural) or 'none'}"
         )
-    meta = export_ranker(learner, args.out, version=view.version.to_dict())
+    meta = export_ranker(learner, args.out, version=view.version.to_dict(), calibration=view.calibration)
     print(
         f"export: {args.learner} of snapshot {manifest['seq']:08d} ({manifest['events_applied']:,} events) "
         f"written to {args.out}; inputs: {', '.join(meta['inputs'])}",

@@ -74,7 +74,8 @@ def view_from_snapshot(manifest: dict, bundles: dict, fallback: Config | None = 
         built_at_ms=int(time.time() * 1000),
         origin="snapshot",
     )
-    return ModelView.from_state(templates, spec, bundles, version, config.seed)
+    calibration = (manifest.get("config") or {}).get("calibration")
+    return ModelView.from_state(templates, spec, bundles, version, config.seed, calibration)
 
 
 class SnapshotFollower:

@@ -391,6 +391,8 @@ class Joiner:
         if not early.any():
             return w
         if self.settings.strategy == "fake_negative":
+            if self.settings.correction == "fnc":
+                return w  # FNC learns the biased stream as it is and calibrates the scores
             w[early] = fake_negative_weights(labels[early], p[early])
         elif self.settings.strategy == "es_dfm":
             w[early] = es_dfm_weights(labels[early], p[early], self.delayed_share)
@@ -424,7 +426,10 @@ class Joiner:
         meta = bundle.meta
         saved = list(meta["learners"])
         arrays = dict(bundle.arrays)
-        preds = np.asarray(arrays["open.preds"], dtype=np.float64).reshape(bundle.tables["open"].num_rows, -1)
+        # one column per saved learner (stated: -1 cannot be inferred when nothing is open)
+        preds = np.asarray(arrays["open.preds"], dtype=np.float64).reshape(
+            bundle.tables["open"].num_rows, len(saved)
+        )
         # learners added since keep NaN (they were not there to score those exposures)
         mapped = np.full((len(preds), len(self.learners)), np.nan)
         for j, name in enumerate(self.learners):

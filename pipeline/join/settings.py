@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 from pipeline.errors import require
 
-__all__ = ["LABEL_RULES", "LINKS", "STRATEGIES", "JoinConfig"]
+__all__ = ["CORRECTIONS", "LABEL_RULES", "LINKS", "STRATEGIES", "JoinConfig"]
 
 STRATEGIES = ("wait", "fake_negative", "es_dfm")
 LABEL_RULES = ("first", "max", "sum")
 LINKS = ("request_item", "exposure_id")
+CORRECTIONS = ("fnw", "fnc")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class JoinConfig:
         outcome comes, with the importance weights of FNW, Ktena et al. 2019) or ``es_dfm``
         (learn it after ``elapsed_s`` with the label known by then, a late positive again, with
         ES-DFM's importance weights, Yang et al. 2021).
+    correction
+        How ``fake_negative`` undoes its bias: ``fnw`` (importance weights on the loss, FNW) or
+        ``fnc`` (plain loss; every score calibrated as ``b / (1 - b)``, FNC, in evaluation and
+        serving alike).
     exposure_types, outcome_types
         ``event_type`` values of exposures (impressions, served decisions) and of outcomes.
         Events of any other type, or without one, are examples whose label is already final.
@@ -63,6 +68,7 @@ class JoinConfig:
 
     enabled: bool = False
     strategy: str = "fake_negative"
+    correction: str = "fnw"
     exposure_types: tuple[str, ...] = ("impression", "view")
     outcome_types: tuple[str, ...] = ("click", "add_to_cart", "order", "purchase")
     link: str = "request_item"
@@ -79,6 +85,18 @@ class JoinConfig:
     def validate(self) -> None:
         require(
             self.strategy in STRATEGIES, "join.strategy", self.strategy, "one of " + ", ".join(STRATEGIES)
+        )
+        require(
+            self.correction in CORRECTIONS,
+            "join.correction",
+            self.correction,
+            "one of " + ", ".join(CORRECTIONS),
+        )
+        require(
+            self.correction == "fnw" or self.strategy == "fake_negative",
+            "join.correction",
+            self.correction,
+            'fnw unless join.strategy = "fake_negative" (FNC calibrates fake negatives only)',
         )
         require(self.link in LINKS, "join.link", self.link, "one of " + ", ".join(LINKS))
         require(self.label in LABEL_RULES, "join.label", self.label, "one of " + ", ".join(LABEL_RULES))
@@ -104,6 +122,13 @@ class JoinConfig:
         require(self.max_open >= 1, "join.max_open", self.max_open, "an integer >= 1")
         require(self.max_open_bytes >= 1 << 16, "join.max_open_bytes", self.max_open_bytes, ">= 65536")
         require(self.max_pending >= 0, "join.max_pending", self.max_pending, "an integer >= 0")
+
+    @property
+    def calibration(self) -> str | None:
+        """The score calibration the learners' outputs need (``"fnc"``), or None."""
+        return (
+            "fnc" if self.enabled and self.strategy == "fake_negative" and self.correction == "fnc" else None
+        )
 
     @property
     def longest_window_s(self) -> float:

@@ -186,11 +186,12 @@ class ExposureStore:
             if len(arr) != n:
                 raise ValueError(f"join state: open.{name} has {len(arr)} entries for {n} rows")
             self.arrays[name] = arr.copy()
-        preds = np.asarray(arrays["open.preds"], dtype=np.float64).reshape(n, -1)
-        if preds.shape[1] != len(self.learners):
+        preds = np.asarray(arrays["open.preds"], dtype=np.float64)
+        if preds.size != n * len(self.learners):
             raise ValueError(
-                f"join state holds predictions of {preds.shape[1]} learners, the runner has {len(self.learners)}"
+                f"join state holds {preds.size} predictions for {n} exposures of {len(self.learners)} learners"
             )
+        preds = preds.reshape(n, len(self.learners))  # (-1 cannot be inferred when nothing is open)
         self.preds = preds.copy()
         self._chunks = rows.combine_chunks().to_batches() if n else []
         self._starts = np.zeros(0, np.int64)

@@ -16,6 +16,11 @@ distribution has mass ``1 + h`` and
 
     w(y=1) = 1 + h,        w(y=0) = (1 - p) (1 + h) / (1 - p + h).
 
+FNC, the paper's other method, leaves the loss alone and learns ``b`` itself; its scores are
+calibrated afterwards by inverting ``b = p / (1 + p)``:
+
+    p = b / (1 - b)      (clipped to [0, 1]).
+
 FNW is the case ``e = 0`` (``h = p``). Here ``h = p * S(e)`` with ``S(e)`` the share of attributed
 outcomes that came later than ``e``, estimated from the exposures whose windows have closed (a
 delay model without covariates, as Chapelle's (KDD 2014) with one rate; the papers fit ``h(x)`` with
@@ -28,13 +33,15 @@ Examples
 [1.2, 0.96]
 >>> es_dfm_weights(np.array([1.0, 0.0]), np.array([0.2, 0.2]), delayed_share=1.0).round(4).tolist()
 [1.2, 0.96]
+>>> fake_negative_calibration(np.array([0.2 / 1.2, 0.0, 0.5, 0.9])).round(4).tolist()
+[0.2, 0.0, 1.0, 1.0]
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["es_dfm_weights", "fake_negative_weights"]
+__all__ = ["calibrated_scores", "es_dfm_weights", "fake_negative_calibration", "fake_negative_weights"]
 
 _P_MAX = 1.0 - 1e-6  # a model certain of a click would give its negatives weight 0 forever
 
@@ -50,3 +57,20 @@ def es_dfm_weights(labels: np.ndarray, p: np.ndarray, delayed_share: float) -> n
     p = np.clip(np.asarray(p, dtype=np.float64), 0.0, _P_MAX)
     h = p * float(np.clip(delayed_share, 0.0, 1.0))
     return np.where(np.asarray(labels) > 0, 1.0 + h, (1.0 - p) * (1.0 + h) / (1.0 - p + h))
+
+
+def fake_negative_calibration(b: np.ndarray) -> np.ndarray:
+    """FNC: the click probability ``p = b / (1 - b)`` of a model that learned the fake-negative stream."""
+    b = np.clip(np.asarray(b, dtype=np.float64), 0.0, 0.5)  # b <= 1/2 whenever p <= 1
+    return np.minimum(b / (1.0 - b), 1.0)
+
+
+def calibrated_scores(learner, scores: np.ndarray, calibration: str | None) -> np.ndarray:
+    """``learner``'s scores as the application should see them under ``join.correction``.
+
+    Only learners that learn the joined stream are calibrated: bandit policies learn final
+    rewards (``learns_final_labels``), never a fake negative.
+    """
+    if calibration != "fnc" or getattr(learner, "learns_final_labels", False):
+        return scores
+    return fake_negative_calibration(scores)

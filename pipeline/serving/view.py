@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from pipeline.events.schema import EVENT_SCHEMA, EventBatch
 from pipeline.features import FeatureSpec, Featurizer
+from pipeline.join.weights import calibrated_scores
 from pipeline.learners.bandits.base import BanditPolicy
 from pipeline.learners.base import Learner, StateBundle
 from pipeline.serving.exploration import ExplorationRule, draw_slate
@@ -307,14 +308,23 @@ class ModelView:
     seed
         Seed of the generator that draws decisions (mixed with the version's events so that two
         views draw differently).
+    calibration
+        ``"fnc"`` when the learners learned fake negatives under ``join.correction = "fnc"``:
+        their scores are then calibrated (:func:`pipeline.join.weights.calibrated_scores`).
     """
 
     def __init__(
-        self, featurizer: Featurizer, learners: Mapping[str, Learner], version: ModelVersion, seed: int = 0
+        self,
+        featurizer: Featurizer,
+        learners: Mapping[str, Learner],
+        version: ModelVersion,
+        seed: int = 0,
+        calibration: str | None = None,
     ):
         self.featurizer = featurizer
         self.learners = dict(learners)
         self.version = version
+        self.calibration = calibration
         self._rng = np.random.default_rng([seed, version.events_applied, version.built_at_ms])
         self._rng_lock = threading.Lock()  # numpy generators are not thread-safe
 
@@ -327,6 +337,7 @@ class ModelView:
         bundles: Mapping[str, StateBundle],
         version: ModelVersion,
         seed: int = 0,
+        calibration: str | None = None,
     ) -> ModelView:
         """Fresh copies of ``templates`` loaded with ``bundles`` (a snapshot's or a runner's ``state()``)."""
         featurizer = Featurizer(feature_spec)
@@ -338,7 +349,7 @@ class ModelView:
                 copy.name = template.name
                 copy.load_state(bundles[template.name])
                 learners[template.name] = copy
-        return cls(featurizer, learners, version, seed)
+        return cls(featurizer, learners, version, seed, calibration)
 
     @classmethod
     def from_runner(
@@ -352,7 +363,9 @@ class ModelView:
             built_at_ms=int(time.time() * 1000),
             origin="live",
         )
-        return cls.from_state(runner.learners, runner.featurizer.spec, runner.state(), version, seed)
+        return cls.from_state(
+            runner.learners, runner.featurizer.spec, runner.state(), version, seed, runner.calibration
+        )
 
     # -- reading ---------------------------------------------------------------------------------------
     def learner(self, name: str) -> Learner:
@@ -366,16 +379,22 @@ class ModelView:
     def describe(self) -> list[dict[str, Any]]:
         """What ``GET /v1/models`` lists: every model, its kind and whether it decides on its own."""
         now = int(time.time() * 1000)
-        return [
-            {
+        out = []
+        for name, lr in self.learners.items():
+            row = {
                 "name": name,
                 "kind": lr.kind,
                 "policy": isinstance(lr, BanditPolicy),
                 "version": self.version.to_dict(),
                 "age_s": round((now - self.version.built_at_ms) / 1000, 3),
             }
-            for name, lr in self.learners.items()
-        ]
+            if self._calibrates(lr):
+                row["calibration"] = self.calibration
+            out.append(row)
+        return out
+
+    def _calibrates(self, learner: Learner) -> bool:
+        return self.calibration == "fnc" and not getattr(learner, "learns_final_labels", False)
 
     def score(self, req: Request) -> np.ndarray:
         """Each candidate's score (click/reward probability) from the request's model."""
@@ -392,7 +411,9 @@ class ModelView:
             raise ValueError(f"score_many takes requests of one model, got {sorted(learners)}")
         learner = self.learner(reqs[0].model)
         batch = self.featurizer.transform(requests_events([(r, r.item_ids, r.item_features) for r in reqs]))
-        scores = np.asarray(learner.predict(batch), dtype=np.float64)
+        scores = calibrated_scores(
+            learner, np.asarray(learner.predict(batch), dtype=np.float64), self.calibration
+        )
         bounds = np.cumsum([0] + [len(r.item_ids) for r in reqs])
         return [scores[a:b] for a, b in itertools.pairwise(bounds)]
 

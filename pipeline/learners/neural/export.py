@@ -77,11 +77,12 @@ class _Lookup(nn.Module):
 
 
 class _Exported(nn.Module):
-    def __init__(self, ranker: nn.Module, vocabs: dict, max_fields: int):
+    def __init__(self, ranker: nn.Module, vocabs: dict, max_fields: int, fnc: bool = False):
         super().__init__()
         self.ranker = ranker
         self.user_vocab, self.item_vocab, self.feature_vocab = (_Lookup(vocabs[t]) for t in TABLES)
         self.max_fields = max_fields
+        self.fnc = fnc  # a Python constant in the trace
 
     def forward(
         self, user: torch.Tensor, item: torch.Tensor, cat: torch.Tensor, dense: torch.Tensor
@@ -89,7 +90,11 @@ class _Exported(nn.Module):
         n = user.shape[0]
         features = self.feature_vocab(cat.reshape(-1)).reshape(n, self.max_fields, -1)
         rows = Rows(self.user_vocab(user), self.item_vocab(item), features, dense)
-        return torch.sigmoid(self.ranker(rows))
+        p = torch.sigmoid(self.ranker(rows))
+        if self.fnc:  # pipeline.join.weights.fake_negative_calibration, in float32
+            b = torch.clamp(p, 0.0, 0.5)
+            p = torch.clamp(b / (1.0 - b), max=1.0)
+        return p
 
 
 def exported_inputs(hb: HashedBatch) -> tuple[torch.Tensor, ...]:
@@ -102,10 +107,14 @@ def exported_inputs(hb: HashedBatch) -> tuple[torch.Tensor, ...]:
     )
 
 
-def export_ranker(learner, f, version: dict[str, Any] | None = None) -> dict[str, Any]:
+def export_ranker(
+    learner, f, version: dict[str, Any] | None = None, calibration: str | None = None
+) -> dict[str, Any]:
     """Write ``learner``'s ranker and vocabularies to ``f`` (a path or a binary file) as TorchScript.
 
-    Returns the metadata written beside the module (``extra_files["streamlearn.json"]``).
+    ``calibration = "fnc"`` (a ranker that learned fake negatives under ``join.correction = "fnc"``)
+    puts the score calibration into the module, so that it returns what serving returns. Returns
+    the metadata written beside the module (``extra_files["streamlearn.json"]``).
     """
     import copy
 
@@ -113,7 +122,7 @@ def export_ranker(learner, f, version: dict[str, Any] | None = None) -> dict[str
     vocabs = learner._vocabs
     slots = learner._slots
     spec = learner._spec
-    wrapper = _Exported(model, vocabs, spec.max_fields).eval()
+    wrapper = _Exported(model, vocabs, spec.max_fields, fnc=calibration == "fnc").eval()
     n = 3
     example = (
         torch.arange(1, n + 1, dtype=torch.int64),
@@ -138,6 +147,7 @@ def export_ranker(learner, f, version: dict[str, Any] | None = None) -> dict[str
         "dense_slots": list(slots.dense_names),
         "vocabularies": {t: type(vocabs[t]).__name__ for t in TABLES},
         **({"version": version} if version else {}),
+        **({"calibration": calibration} if calibration else {}),
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
