@@ -135,7 +135,7 @@ class EventBatch:
 
     def _numeric(self, name: str, fill: float | int) -> np.ndarray:
         if name not in self._cache:
-            col = self.table.column(name)
+            col = self.column(name)
             arr = col.fill_null(fill).to_numpy(zero_copy_only=False) if col.null_count else col.to_numpy()
             arr.flags.writeable = False
             self._cache[name] = arr
@@ -162,14 +162,14 @@ class EventBatch:
     @property
     def candidates(self) -> pa.ListArray:
         """Each event's candidate item ids (list<string>, null where the event does not say)."""
-        return self.table.column("candidates")
+        return self.column("candidates")
 
     @property
     def row(self) -> np.ndarray:
         return self._numeric("row", 0)
 
     def strings(self, name: str) -> list[str | None]:
-        return self.table.column(name).to_pylist()
+        return self.column(name).to_pylist()
 
     def take(self, indices: np.ndarray) -> EventBatch:
         return EventBatch(self.table.take(pa.array(indices, type=pa.int64())))

@@ -324,7 +324,8 @@ class Joiner:
         else:
             train = _concat(st.events(slots, labels), self._labelled)
             kinds = np.concatenate([kinds, np.full(n_lab, TRAIN_LABELLED, np.int8)])
-        evaluated = _concat(st.events(closing, a["label"][closing]), self._labelled)
+        # lazily: observers mostly read times and labels; a compaction below leaves the rows readable
+        evaluated = _concat(st.events(closing, a["label"][closing], lazy=True), self._labelled)
         predictions = {
             name: np.concatenate([st.preds[closing, j], self._labelled_preds.get(name, np.zeros(n_lab))])
             for j, name in enumerate(self.learners)

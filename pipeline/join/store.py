@@ -111,36 +111,26 @@ class ExposureStore:
         self.live -= len(slots)
 
     # -- reading --------------------------------------------------------------------------------
-    def events(self, slots: np.ndarray, labels: np.ndarray | None = None) -> EventBatch:
-        """The stored events of ``slots`` (in that order), with ``labels`` in place of theirs."""
+    def events(self, slots: np.ndarray, labels: np.ndarray | None = None, lazy: bool = False) -> EventBatch:
+        """The stored events of ``slots`` (in that order), with ``labels`` in place of theirs.
+
+        ``lazy``: a :class:`StoredEvents` that takes each column only when it is read (closed
+        exposures go to observers that mostly read their times and labels)."""
         if not len(slots):
             return EventBatch.empty()
-        batch = self._take(np.asarray(slots, dtype=np.int64))
+        slots = np.asarray(slots, dtype=np.int64)
+        if lazy:
+            return StoredEvents(_Rows(self._chunks, self._chunk_starts(), slots), labels)
+        batch = _Rows(self._chunks, self._chunk_starts(), slots).batch()
         if labels is not None:
             i = EVENT_SCHEMA.get_field_index("label")
             batch = batch.set_column(i, EVENT_SCHEMA.field("label"), pa.array(labels, pa.float64()))
         return EventBatch(batch)
 
-    def _take(self, slots: np.ndarray) -> pa.RecordBatch:
-        # chunk by chunk: a take over the whole chunked table would concatenate every chunk first
+    def _chunk_starts(self) -> np.ndarray:
         if len(self._starts) != len(self._chunks) + 1:
             self._starts = np.cumsum([0] + [c.num_rows for c in self._chunks])
-        starts = self._starts
-        order = None
-        if len(slots) > 1 and (np.diff(slots) < 0).any():
-            order = np.argsort(slots, kind="stable")
-            slots = slots[order]
-        cut = np.searchsorted(slots, starts)
-        parts = [
-            self._chunks[c].take(pa.array(slots[cut[c] : cut[c + 1]] - starts[c]))
-            for c in np.flatnonzero(np.diff(cut)).tolist()
-        ]
-        batch = parts[0] if len(parts) == 1 else pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
-        if order is not None:
-            inverse = np.empty_like(order)
-            inverse[order] = np.arange(len(order))
-            batch = batch.take(pa.array(inverse))
-        return batch
+        return self._starts
 
     def open_slots(self) -> np.ndarray:
         return np.flatnonzero(self.arrays["flags"][: self.size] & ALIVE)
@@ -158,15 +148,28 @@ class ExposureStore:
         if not dead or (not force and dead < max(10_000, self.live)):
             return
         keep = self.open_slots()
-        rows = self.events(keep).table if len(keep) else None
         for name, arr in self.arrays.items():
             self.arrays[name] = arr[keep].copy()
         self.preds = self.preds[keep].copy()
-        self._chunks = [rows] if rows is not None else []
+        self._chunks = self._kept_chunks(keep)
         self._starts = np.zeros(0, np.int64)
-        self._bytes = rows.nbytes if rows is not None else 0
+        self._bytes = sum(c.nbytes for c in self._chunks)
         self.size = self.live = len(keep)
         self._reindex()
+
+    def _kept_chunks(self, keep: np.ndarray) -> list[pa.RecordBatch]:
+        """The rows of ``keep`` (ascending), chunk by chunk: exposures close roughly in arrival
+        order, so most chunks are dropped or kept whole and only the few in between are copied."""
+        starts = np.cumsum([0] + [c.num_rows for c in self._chunks])
+        cut = np.searchsorted(keep, starts)
+        out = []
+        for c, chunk in enumerate(self._chunks):
+            n = int(cut[c + 1] - cut[c])
+            if n == chunk.num_rows:
+                out.append(chunk)
+            elif n:
+                out.append(chunk.take(pa.array(keep[cut[c] : cut[c + 1]] - starts[c])))
+        return out
 
     def state(self) -> tuple[pa.Table, dict[str, np.ndarray]]:
         """The live rows and arrays (compacted first, so that a restore renumbers nothing)."""
@@ -219,3 +222,73 @@ class ExposureStore:
         keys = self.arrays["key"][: self.size]
         order = np.argsort(keys, kind="stable")
         self._index_keys, self._index_slots = keys[order].copy(), order.astype(np.int64)
+
+
+class _Rows:
+    """Some slots' rows in a store's chunks as they are now (chunks are never changed in place,
+    so a compaction after this leaves them readable)."""
+
+    def __init__(self, chunks: list[pa.RecordBatch], starts: np.ndarray, slots: np.ndarray):
+        self.chunks = list(chunks)
+        self.order = None
+        if len(slots) > 1 and (np.diff(slots) < 0).any():
+            self.order = np.argsort(slots, kind="stable")
+            slots = slots[self.order]
+        cut = np.searchsorted(slots, starts)
+        # chunk by chunk: a take over the whole chunked table would concatenate every chunk first
+        self.parts = [
+            (c, pa.array(slots[cut[c] : cut[c + 1]] - starts[c]))
+            for c in np.flatnonzero(np.diff(cut)).tolist()
+        ]
+
+    def _inverse(self) -> pa.Array:
+        inverse = np.empty_like(self.order)
+        inverse[self.order] = np.arange(len(self.order))
+        return pa.array(inverse)
+
+    def batch(self) -> pa.RecordBatch:
+        parts = [self.chunks[c].take(at) for c, at in self.parts]
+        batch = parts[0] if len(parts) == 1 else pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
+        return batch if self.order is None else batch.take(self._inverse())
+
+    def column(self, i: int) -> pa.Array:
+        parts = [self.chunks[c].column(i).take(at) for c, at in self.parts]
+        col = parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+        return col if self.order is None else col.take(self._inverse())
+
+
+class StoredEvents(EventBatch):
+    """Stored events whose columns are taken from the store's chunks one by one, when first read.
+
+    The whole batch (``table``) is taken only when something asks for it; labels may replace the
+    stored ones, as in :meth:`ExposureStore.events`.
+    """
+
+    __slots__ = ("_labels", "_n", "_rows", "_taken", "_whole")
+
+    def __init__(self, rows: _Rows, labels: np.ndarray | None = None):
+        self._rows, self._cache, self._taken, self._whole = rows, {}, {}, None
+        self._labels = None if labels is None else pa.array(labels, pa.float64())
+        self._n = sum(len(at) for _, at in rows.parts)
+
+    @property
+    def table(self) -> pa.RecordBatch:  # type: ignore[override]
+        if self._whole is None:
+            batch = self._rows.batch()
+            if self._labels is not None:
+                i = EVENT_SCHEMA.get_field_index("label")
+                batch = batch.set_column(i, EVENT_SCHEMA.field("label"), self._labels)
+            self._whole = batch
+        return self._whole
+
+    def __len__(self) -> int:
+        return self._n
+
+    def column(self, name: str) -> pa.Array:
+        if self._whole is not None:
+            return self._whole.column(name)
+        if name == "label" and self._labels is not None:
+            return self._labels
+        if name not in self._taken:
+            self._taken[name] = self._rows.column(EVENT_SCHEMA.get_field_index(name))
+        return self._taken[name]
