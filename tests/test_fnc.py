@@ -20,28 +20,13 @@ from pipeline.learners.neural.export import exported_inputs, load_exported
 from pipeline.serving.requests import parse_request
 from pipeline.serving.view import ModelView, request_events
 from state.snapshot import SnapshotStore
-from tests.test_join_replay import delayed_log
+from tests.test_join_replay import JOIN, delayed_log
 
-CONFIG = """
-[source]
-batch_size = 200
-[snapshot]
-every_seconds = 0
-[join]
-enabled = true
-strategy = "fake_negative"
-correction = "{correction}"
-window_s = 120
-allowed_lateness_ms = 1000
-[[learners]]
-kind = "ftrl"
-params = {{ bits = 16 }}
-[[learners]]
-kind = "neural"
-params = {{ vocab = "double_hash" }}
-[[learners]]
-kind = "beta_ts"
-"""
+# the replay tests' join, with FNC or FNW, and a neural ranker and a policy beside ftrl
+CONFIG = (
+    JOIN.replace('strategy = "{strategy}"', 'strategy = "fake_negative"\ncorrection = "{correction}"')
+    + '[[learners]]\nkind = "neural"\nparams = {{ vocab = "double_hash" }}\n[[learners]]\nkind = "beta_ts"\n'
+)
 
 
 def test_the_calibration_inverts_the_fake_negative_distribution_by_hand():
