@@ -27,8 +27,7 @@ from consumers.worker.group import GroupRunner, group_meta
 from consumers.worker.tracked import TrackedRunner
 from pipeline.config import Config
 from pipeline.errors import ConfigError, SnapshotError
-from pipeline.group.delta import DeltaError, decode
-from pipeline.group.fold import ACCEPTED
+from pipeline.group.sync import UNREADABLE
 
 __all__ = ["UpdatesFollower"]
 
@@ -78,7 +77,6 @@ class UpdatesFollower:
         self.group: GroupRunner | None = None
         self.seq: int | None = None  # the snapshot it started from
         self.config_hash = ""
-        self.spec = None
         self.seed = 0
         self.calibration: str | None = None
         self._stop = threading.Event()
@@ -102,8 +100,7 @@ class UpdatesFollower:
         return self._start(manifest, bundles)
 
     def _start(self, manifest: dict, bundles: dict) -> bool:
-        from consumers.commands.serve import snapshot_config
-        from pipeline.features import FeatureSpec
+        from consumers.commands.serve import snapshot_calibration, snapshot_config
         from pipeline.runner import Runner
 
         config = snapshot_config(manifest, self.fallback)
@@ -114,10 +111,8 @@ class UpdatesFollower:
             group.load_state(bundles)
         except (KeyError, ValueError) as exc:
             raise SnapshotError(f"snapshot {manifest['seq']:08d} in {self.state_dir}: {exc}") from exc
-        features = config.features
-        self.spec = FeatureSpec(features.crosses, features.standardize, features.exclude)
         self.seed = config.seed
-        self.calibration = (manifest.get("config") or {}).get("calibration")
+        self.calibration = snapshot_calibration(manifest)
         updates = UpdatesLog(
             self.bootstrap,
             self.topic,
@@ -153,17 +148,12 @@ class UpdatesFollower:
             return 0
         return sum(int(c.get("applied", 0)) for c in self.group.sync.fold.counts.values())
 
-    @property
-    def outcomes(self):
-        return self.group.sync.outcomes if self.group is not None else {}
-
-    def follow_once(self, timeout_ms: int = 0) -> int:
-        """Read and fold what the topic holds now (up to ``poll_s`` of it); the deltas accepted.
+    def follow_once(self, timeout_ms: int = 0) -> None:
+        """Read and fold what the topic holds now (up to ``poll_s`` of it).
 
         A new view is swapped in whenever the offset moved, so that its version says how far the
         replica has read even when the deltas were duplicates."""
         sync = self.group.sync
-        accepted = 0
         start = sync.fold.offset
         until = time.monotonic() + self.poll_s
         while time.monotonic() < until:
@@ -172,18 +162,13 @@ class UpdatesFollower:
             if not records:
                 break
             for offset, value in records:
-                try:
-                    delta = decode(value or b"")
-                except DeltaError as exc:
+                outcome, delta = sync.receive_message(offset, value)
+                if outcome == UNREADABLE:
                     log.error(
-                        "updates topic %s offset %d is not a delta (%s): skipped", self.topic, offset, exc
+                        "updates topic %s offset %d is not a delta (%s): skipped", self.topic, offset, delta
                     )
-                    sync.skip(offset)
-                    continue
-                accepted += sync.receive(offset, delta) == ACCEPTED
         if sync.fold.offset != start:
             self._swap()
-        return accepted
 
     def _swap(self) -> None:
         from pipeline.serving.view import ModelVersion, ModelView
@@ -198,7 +183,7 @@ class UpdatesFollower:
         )
         runner = self.group.runner
         view = ModelView.from_state(
-            runner.learners, self.spec, runner.state(), version, self.seed, self.calibration
+            runner.learners, runner.featurizer.spec, runner.state(), version, self.seed, self.calibration
         )
         self.holder.swap(view)
 

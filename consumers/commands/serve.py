@@ -58,6 +58,11 @@ def snapshot_config(manifest: dict, fallback: Config | None) -> Config:
     return load_config(overrides=overrides, environ={})
 
 
+def snapshot_calibration(manifest: dict) -> str | None:
+    """The score calibration a snapshot's learners need (``join.correction = "fnc"``), or None."""
+    return (manifest.get("config") or {}).get("calibration")
+
+
 def view_from_snapshot(manifest: dict, bundles: dict, fallback: Config | None = None) -> ModelView:
     """A read-only view of one snapshot's model."""
     from pipeline.features import FeatureSpec
@@ -74,8 +79,9 @@ def view_from_snapshot(manifest: dict, bundles: dict, fallback: Config | None = 
         built_at_ms=int(time.time() * 1000),
         origin="snapshot",
     )
-    calibration = (manifest.get("config") or {}).get("calibration")
-    return ModelView.from_state(templates, spec, bundles, version, config.seed, calibration)
+    return ModelView.from_state(
+        templates, spec, bundles, version, config.seed, snapshot_calibration(manifest)
+    )
 
 
 class SnapshotFollower:

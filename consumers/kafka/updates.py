@@ -139,11 +139,10 @@ class UpdatesLog:
         return int(self.consumer.beginning_offsets([self.tp], timeout_ms=timeout_ms)[self.tp])
 
     def close(self) -> None:
-        try:
-            if self.producer is not None:
-                self.producer.flush(timeout=5)
-        except Exception as exc:  # closing is best effort: the state is in the snapshot
-            log.warning("flushing the updates producer failed: %r", exc)
         if self.producer is not None:
+            try:
+                self.producer.flush(timeout=5)
+            except Exception as exc:  # closing is best effort: the state is in the snapshot
+                log.warning("flushing the updates producer failed: %r", exc)
             self.producer.close(timeout=5)
         self.consumer.close()

@@ -39,8 +39,8 @@ from consumers.worker.tracked import TrackedRunner
 from pipeline.config import Config, config_hash
 from pipeline.errors import SnapshotError
 from pipeline.evaluation import WindowedMetrics
-from pipeline.group.delta import DeltaError, decode, encode
-from pipeline.group.sync import REFUSED, ModelSync
+from pipeline.group.delta import encode
+from pipeline.group.sync import REFUSED, UNREADABLE, ModelSync
 from pipeline.learners.base import StateBundle
 from state.checkpoint import Checkpointer, SnapshotResult
 from state.snapshot import SnapshotStore
@@ -263,16 +263,13 @@ class GroupCoordinator:
         self.stats["received_bytes"] += len(value or b"")
         if self.metrics is not None:
             self.metrics.group_bytes.labels(direction="received").inc(len(value or b""))
-        try:
-            delta = decode(value or b"")
-        except DeltaError as exc:
+        outcome, delta = self.sync.receive_message(offset, value)
+        if outcome == UNREADABLE:
             log.error(
-                "updates topic %s offset %d is not a delta (%s): skipped", self.updates.topic, offset, exc
+                "updates topic %s offset %d is not a delta (%s): skipped", self.updates.topic, offset, delta
             )
-            self.sync.skip(offset)
-            self._count("unreadable")
-            return "unreadable"
-        outcome = self.sync.receive(offset, delta)
+            self._count(outcome)
+            return outcome
         self._count("own" if outcome == "accepted" and self.sync.mine(delta) else outcome)
         if outcome in ("conflict", "incompatible", REFUSED):
             log.warning(

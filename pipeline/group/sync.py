@@ -31,14 +31,15 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.group.delta import ModelDelta, diff
+from pipeline.group.delta import DeltaError, ModelDelta, decode, diff
 from pipeline.group.fold import ACCEPTED, Fold
 from pipeline.group.parts import RunnerShare
 
-__all__ = ["INCOMPATIBLE", "REFUSED", "ModelSync"]
+__all__ = ["INCOMPATIBLE", "REFUSED", "UNREADABLE", "ModelSync"]
 
-#: outcomes besides the fold's: a delta of another configuration, and one of ours the group refused
-INCOMPATIBLE, REFUSED = "incompatible", "refused"
+#: outcomes besides the fold's: a delta of another configuration, one of ours the group refused,
+#: and a message that is no delta
+INCOMPATIBLE, REFUSED, UNREADABLE = "incompatible", "refused", "unreadable"
 
 
 class ModelSync:
@@ -128,10 +129,20 @@ class ModelSync:
         self.outcomes[outcome] += 1
         return outcome
 
+    def receive_message(self, offset: int, value: bytes | None) -> tuple[str, ModelDelta | DeltaError]:
+        """:meth:`receive` of a message as read from the topic: ``(outcome, delta)``, or
+        ``("unreadable", the error)`` for one that is no delta (stepped over and counted)."""
+        try:
+            delta = decode(value or b"")
+        except DeltaError as exc:
+            self.skip(offset)
+            return UNREADABLE, exc
+        return self.receive(offset, delta), delta
+
     def skip(self, offset: int) -> None:
         """Step over an unreadable message at ``offset`` (counted)."""
         self.fold.offset = offset + 1
-        self.outcomes["unreadable"] += 1
+        self.outcomes[UNREADABLE] += 1
 
     def rebase(self) -> None:
         """The base becomes the live state (after peers' deltas were added, before learning resumes)."""
