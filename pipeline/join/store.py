@@ -118,14 +118,10 @@ class ExposureStore:
         exposures go to observers that mostly read their times and labels)."""
         if not len(slots):
             return EventBatch.empty()
-        slots = np.asarray(slots, dtype=np.int64)
-        if lazy:
-            return StoredEvents(_Rows(self._chunks, self._chunk_starts(), slots), labels)
-        batch = _Rows(self._chunks, self._chunk_starts(), slots).batch()
-        if labels is not None:
-            i = EVENT_SCHEMA.get_field_index("label")
-            batch = batch.set_column(i, EVENT_SCHEMA.field("label"), pa.array(labels, pa.float64()))
-        return EventBatch(batch)
+        stored = StoredEvents(
+            _Rows(self._chunks, self._chunk_starts(), np.asarray(slots, dtype=np.int64)), labels
+        )
+        return stored if lazy else EventBatch(stored.table)
 
     def _chunk_starts(self) -> np.ndarray:
         if len(self._starts) != len(self._chunks) + 1:
@@ -160,16 +156,9 @@ class ExposureStore:
     def _kept_chunks(self, keep: np.ndarray) -> list[pa.RecordBatch]:
         """The rows of ``keep`` (ascending), chunk by chunk: exposures close roughly in arrival
         order, so most chunks are dropped or kept whole and only the few in between are copied."""
-        starts = np.cumsum([0] + [c.num_rows for c in self._chunks])
-        cut = np.searchsorted(keep, starts)
-        out = []
-        for c, chunk in enumerate(self._chunks):
-            n = int(cut[c + 1] - cut[c])
-            if n == chunk.num_rows:
-                out.append(chunk)
-            elif n:
-                out.append(chunk.take(pa.array(keep[cut[c] : cut[c + 1]] - starts[c])))
-        return out
+        chunks = self._chunks
+        parts = _Rows(chunks, self._chunk_starts(), keep).parts
+        return [chunks[c] if len(at) == chunks[c].num_rows else chunks[c].take(at) for c, at in parts]
 
     def state(self) -> tuple[pa.Table, dict[str, np.ndarray]]:
         """The live rows and arrays (compacted first, so that a restore renumbers nothing)."""

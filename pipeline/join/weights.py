@@ -41,7 +41,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["calibrated_scores", "es_dfm_weights", "fake_negative_calibration", "fake_negative_weights"]
+__all__ = [
+    "calibrated_scores",
+    "calibrates",
+    "es_dfm_weights",
+    "fake_negative_calibration",
+    "fake_negative_weights",
+]
 
 _P_MAX = 1.0 - 1e-6  # a model certain of a click would give its negatives weight 0 forever
 
@@ -65,12 +71,13 @@ def fake_negative_calibration(b: np.ndarray) -> np.ndarray:
     return np.minimum(b / (1.0 - b), 1.0)
 
 
-def calibrated_scores(learner, scores: np.ndarray, calibration: str | None) -> np.ndarray:
-    """``learner``'s scores as the application should see them under ``join.correction``.
+def calibrates(learner, calibration: str | None) -> bool:
+    """Whether ``learner``'s scores are calibrated under ``calibration``: only learners that learn
+    the joined stream are; bandit policies learn final rewards (``learns_final_labels``), never a
+    fake negative."""
+    return calibration == "fnc" and not getattr(learner, "learns_final_labels", False)
 
-    Only learners that learn the joined stream are calibrated: bandit policies learn final
-    rewards (``learns_final_labels``), never a fake negative.
-    """
-    if calibration != "fnc" or getattr(learner, "learns_final_labels", False):
-        return scores
-    return fake_negative_calibration(scores)
+
+def calibrated_scores(learner, scores: np.ndarray, calibration: str | None) -> np.ndarray:
+    """``learner``'s scores as the application should see them under ``join.correction``."""
+    return fake_negative_calibration(scores) if calibrates(learner, calibration) else scores

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from pipeline.events.schema import EVENT_SCHEMA, EventBatch
 from pipeline.features import FeatureSpec, Featurizer
-from pipeline.join.weights import calibrated_scores
+from pipeline.join.weights import calibrated_scores, calibrates
 from pipeline.learners.bandits.base import BanditPolicy
 from pipeline.learners.base import Learner, StateBundle
 from pipeline.serving.exploration import ExplorationRule, draw_slate
@@ -388,13 +388,10 @@ class ModelView:
                 "version": self.version.to_dict(),
                 "age_s": round((now - self.version.built_at_ms) / 1000, 3),
             }
-            if self._calibrates(lr):
+            if calibrates(lr, self.calibration):
                 row["calibration"] = self.calibration
             out.append(row)
         return out
-
-    def _calibrates(self, learner: Learner) -> bool:
-        return self.calibration == "fnc" and not getattr(learner, "learns_final_labels", False)
 
     def score(self, req: Request) -> np.ndarray:
         """Each candidate's score (click/reward probability) from the request's model."""
