@@ -91,19 +91,15 @@ class ArmTable:
         read integer item ids; they never address rows, so no arm is ever created that was not
         named.
         """
-        arms = _as_arms(arms, name)
-        flat = arms.ravel()
-        hashes = hash_strings(pa.array(flat.tolist(), pa.string()), ARM_NAMESPACE)
-        rows = self.resolve_hashes(hashes, lambda pos: [str(flat[p]) for p in pos])
-        return rows.reshape(arms.shape)
+        shape, ids = _arm_ids(arms, name)
+        hashes = hash_strings(ids, ARM_NAMESPACE)
+        rows = self.resolve_hashes(hashes, lambda pos: ids.take(pa.array(pos)).to_pylist())
+        return rows.reshape(shape)
 
     def lookup(self, arms, name: str = "arms") -> np.ndarray:
         """Rows of ``arms`` as :meth:`resolve` gives them, -1 where the arm is unknown; adds nothing."""
-        arms = _as_arms(arms, name)
-        flat = arms.ravel()
-        return self.find(hash_strings(pa.array(flat.tolist(), pa.string()), ARM_NAMESPACE)).reshape(
-            arms.shape
-        )
+        shape, ids = _arm_ids(arms, name)
+        return self.find(hash_strings(ids, ARM_NAMESPACE)).reshape(shape)
 
     def _append(self, ids: list[str], hashes: np.ndarray) -> None:
         self.ids.extend(ids)
@@ -112,23 +108,21 @@ class ArmTable:
         self._sorted = self.hashes[self._order]
 
 
-def _as_arms(arms, name: str) -> np.ndarray:
-    """Arm ids as an array of str (integers in decimal)."""
+def _arm_ids(arms, name: str) -> tuple[tuple[int, ...], pa.Array]:
+    """``(shape, ids)``: the arms' ids, flattened as an Arrow string array (integers in decimal)."""
     if isinstance(arms, (pa.Array, pa.ChunkedArray)):
         arms = np.asarray(arms.to_pylist(), dtype=object)
     arms = np.asarray(arms)
     if arms.dtype.kind in "iu":
-        return arms.astype(str)
-    if arms.dtype.kind == "O":
-        bad = [a for a in arms.ravel().tolist() if type(a) is not str]
-        if any(type(a) is bool or not isinstance(a, (int, np.integer)) for a in bad):
-            first = next(a for a in bad if type(a) is bool or not isinstance(a, (int, np.integer)))
-            raise TypeError(f"{name} must hold arm ids (str or int), got {type(first).__name__} {first!r}")
-        if bad:
-            return np.array([a if type(a) is str else str(int(a)) for a in arms.ravel().tolist()]).reshape(
-                arms.shape
-            )
-        return arms
-    if arms.dtype.kind != "U":
+        arms = arms.astype(str)
+    elif arms.dtype.kind not in "UO":
         raise TypeError(f"{name} must hold arm ids (str or int), got dtype {arms.dtype}")
-    return arms
+    values = arms.ravel().tolist()
+    try:
+        return arms.shape, pa.array(values, pa.string())
+    except (pa.ArrowTypeError, pa.ArrowInvalid):  # an object array with integers (or worse) in it
+        pass
+    for a in values:
+        if type(a) is bool or not isinstance(a, (str, int, np.integer)):
+            raise TypeError(f"{name} must hold arm ids (str or int), got {type(a).__name__} {a!r}")
+    return arms.shape, pa.array([a if type(a) is str else str(int(a)) for a in values], pa.string())
