@@ -10,11 +10,15 @@
    then learns from it), as a stream worker does.
 2. **The project's simulator** (:mod:`pipeline.simulate`, 10 candidates per request, see
    ``benchmarks/bandits.py``): the same policies on the events' features, and the policies that
-   explore around a pretrained neural ranker (its score of each candidate as the item feature of
-   a shared model) beside the frozen ranker choosing greedily.
+   explore around a pretrained neural ranker beside the frozen ranker choosing greedily: the
+   neural-linear kinds with their defaults (a ridge correction on the ranker's last layer whose
+   prior mean is the ranker's prediction, :mod:`pipeline.learners.bandits.neural_linear`; their
+   time per decision includes the ranker's forward pass over every candidate) and the hybrid
+   kinds with the ranker's score of each candidate as their item feature.
 
 Policies: every streamlearn kind with its **defaults** (only ``dim`` / ``action_dim`` set by the
-data; contexts are ``[1, x]``, the shared-parameter policies also get the actions' features);
+data; contexts are ``[1, x]``, the shared-parameter policies also get the actions' features; the
+neural-linear kinds, which need a pretrained ranker, run on the project's simulator only);
 VW ``--cb_explore_adf`` with ``--bag 5``, ``--squarecb`` and ``--epsilon 0.05``, each with ``-q SA``
 (shared features × action features, and an id feature per action); obp's online policies
 ``LinUCB``, ``LinTS``, ``LogisticUCB``, ``LogisticTS``, ``LinEpsilonGreedy`` with their defaults
@@ -209,7 +213,11 @@ def obp_part(n_rounds: int, seeds: list[int], batch: int, kinds: list[str], peer
         for seed in seeds:
             X, A, R, Q = obp_rounds(n_rounds, seed, drift=variant == "drift")
             todo = [("uniform", partial(run_uniform, Q, seed))]
-            todo += [(kind, partial(run_streamlearn, kind, X, A, R, Q, batch)) for kind in kinds]
+            todo += [
+                (kind, partial(run_streamlearn, kind, X, A, R, Q, batch))
+                for kind in kinds
+                if not _needs_ranker(kind)
+            ]
             if peers:
                 todo += [(name, partial(run_vw, a, X, A, R, Q, batch, seed)) for name, a in VW_ARGS.items()]
                 todo += [(f"obp {p}", partial(run_obp, p, X, A, R, Q, batch, seed)) for p in OBP_POLICIES]
@@ -229,7 +237,7 @@ def obp_part(n_rounds: int, seeds: list[int], batch: int, kinds: list[str], peer
 
 
 def project_part(
-    n_requests: int, seeds: list[int], batch: int, kinds: list[str], n_logged: int, dim: int
+    n_requests: int, seeds: list[int], batch: int, kinds: list[str], n_logged: int, dim: int, peers: bool
 ) -> dict:
     """streamlearn's policies, VW and the ranker-based policies on :mod:`pipeline.simulate`."""
     import bandits as own
@@ -239,8 +247,9 @@ def project_part(
     runs: dict[str, list[dict]] = {}
     for seed in seeds:
         config = SimConfig(seed=seed, n_candidates=10)
-        with tempfile.TemporaryDirectory() as folder:
-            embeddings, info = own.pretrain_embeddings(config, n_logged, Path(folder))
+        folder = tempfile.TemporaryDirectory()
+        embeddings, info = own.pretrain_embeddings(config, n_logged, Path(folder.name))
+        checkpoint = str(Path(folder.name) / "ranker.ckpt")
         print(f"  project seed {seed}: ranker pretrained, val AUC {info['val_auc']:.3f}", flush=True)
         stream = own._Stream(config, n_requests, batch, dim, skip=n_logged, embeddings=embeddings)
         scores = _ranker_scores(stream, embeddings)
@@ -248,19 +257,25 @@ def project_part(
         todo = {
             "uniform": partial(own.run_uniform, stream, seed),
             "ranker greedy (frozen)": partial(own.run_fixed, stream, stream.ranker_choice),
-            "vw --epsilon 0.05": partial(own.run_vw, stream, seed),
         }
+        if peers:
+            todo["vw --epsilon 0.05"] = partial(own.run_vw, stream, seed)
         for kind in kinds:
             if not getattr(POLICIES[kind], "uses_action_features", False):
                 todo[kind] = partial(_run_per_arm, kind, stream, dim)
         for kind in kinds:
-            if getattr(POLICIES[kind], "uses_action_features", False):
+            if _needs_ranker(kind):
+                todo[kind] = partial(_run_neural_linear, kind, stream, checkpoint, seed)
+        for kind in kinds:
+            if getattr(POLICIES[kind], "uses_action_features", False) and not _needs_ranker(kind):
                 todo[f"{kind} on ranker score"] = partial(_run_on_scores, kind, stream, scores, dim)
                 todo[f"{kind} on ranker score, shared only"] = partial(
                     _run_on_scores, kind, stream, scores, dim, per_arm=False
                 )
         for name, fn in todo.items():
             res = fn()
+            if res is None:  # a peer that is not installed (--no-peers, or the project's own venv)
+                continue
             res = {
                 "reward": res["cumulative_reward"],
                 "regret": res["cumulative_regret"],
@@ -274,7 +289,43 @@ def project_part(
                 f"  project seed {seed} {name:>34}: reward {res['reward']:8.1f} regret {res['regret']:7.1f}",
                 flush=True,
             )
+        folder.cleanup()
     return runs
+
+
+def _needs_ranker(kind: str) -> bool:
+    """The neural-linear kinds explore around a pretrained ranker: no ranker, no policy."""
+    return kind.startswith("neural_")
+
+
+def _run_neural_linear(kind: str, stream, checkpoint: str, seed: int) -> dict:
+    """A neural-linear policy with its defaults; every candidate's pair features come from its ranker."""
+    import bandits as own
+
+    from pipeline.events import EventRules, decode_arrow
+    from pipeline.features import FeatureSpec, Featurizer
+
+    policy = POLICIES[kind](checkpoint=checkpoint, seed=seed)
+    env = stream.oracle()
+    featurizer = Featurizer(FeatureSpec())
+    reward, regret = [], []
+    decide = learn = 0.0
+    for ctx, _, best_p in stream.batches:
+        t0 = time.perf_counter()
+        every, _ = decode_arrow(env.records(ctx, ctx.candidates), EventRules())
+        A = policy.pair_features(featurizer.transform(every)).reshape(*ctx.candidates.shape, -1)
+        j = policy.select(None, ctx.candidates, action_features=A)[0][:, 0]
+        t1 = time.perf_counter()
+        rows = np.arange(len(ctx))
+        items = ctx.candidates[rows, j]
+        p = env.reward_probabilities(ctx, items)
+        r = env.step(ctx, items)
+        t2 = time.perf_counter()
+        policy.update(None, items, r, action_features=A[rows, j])
+        decide, learn = decide + t1 - t0, learn + time.perf_counter() - t2
+        reward.append(p)
+        regret.append(best_p - p)
+    return own._summary(np.concatenate(reward), np.concatenate(regret), decide, learn)
 
 
 def _run_per_arm(kind: str, stream, dim: int) -> dict:
@@ -429,7 +480,9 @@ def main() -> None:
         parts[f"obp simulator, {variant}"] = runs
         result[f"obp_{variant}"] = aggregate(runs)
     if not args.skip_project:
-        runs = project_part(args.requests, seeds, args.batch, kinds, args.logged, args.dim)
+        runs = project_part(
+            args.requests, seeds, args.batch, kinds, args.logged, args.dim, not args.no_peers
+        )
         parts["project simulator"] = runs
         result["project"] = aggregate(runs)
     result["seconds"] = time.perf_counter() - start

@@ -77,3 +77,21 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def ranker_checkpoint(tmp_path_factory) -> str:
+    """A small ranker pretrained on a simulated log (for the policies that need a checkpoint)."""
+    from pipeline.events import EventRules, decode_arrow
+    from pipeline.features import Featurizer
+    from pipeline.learners.neural import NeuralRanker, pretrain
+    from pipeline.simulate import Simulator
+
+    featurizer = Featurizer()
+    log = [
+        featurizer.transform_and_update(decode_arrow(b, EventRules())[0])
+        for b in Simulator(seed=2, n_users=50, n_items=20).batches(1500, chunk_size=250)
+    ]
+    ranker = NeuralRanker(dim=4, user_rows=64, item_rows=32, feature_rows=32, hidden=(8,), cross_rank=2)
+    pretrain(ranker, log, epochs=1, batch_size=256, val_fraction=0.0)
+    return str(ranker.save_checkpoint(tmp_path_factory.mktemp("ranker") / "ranker.ckpt"))

@@ -89,12 +89,14 @@ def test_without_a_generator_ties_still_go_to_the_lower_position():
 
 
 @pytest.mark.parametrize("kind", POLICY_KINDS)
-def test_discounting_is_per_event_whatever_the_batch_size(kind):
+def test_discounting_is_per_event_whatever_the_batch_size(kind, request):
     from pipeline.learners.bandits import POLICIES
 
     def make():
         params = {"gamma": 0.97, "seed": 0}
-        if kind != "beta_ts":
+        if kind.startswith("neural_"):  # contexts only count rows; the item features come from a ranker
+            params["checkpoint"] = request.getfixturevalue("ranker_checkpoint")
+        elif kind != "beta_ts":
             params["dim"] = 3
         return POLICIES[kind](**params)
 

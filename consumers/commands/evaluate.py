@@ -12,9 +12,9 @@ configuration); invalid records are counted and skipped. The target is one of:
 ``--policy NAME``
     A bandit policy learned prequentially over the log. ``NAME`` is a configured bandit
     learner's name, or a kind (any of ``POLICY_KINDS``: linucb, diag_linucb, linear_ts, beta_ts,
-    epsilon_greedy, hybrid_linucb, hybrid_ts, bootstrap) whose
+    epsilon_greedy, hybrid_linucb, hybrid_ts, bootstrap, neural_linucb, neural_ts) whose
     parameters come from the first configured learner of that kind, else the defaults with
-    ``dim=16``. For every micro-batch (``--batch-size``) the policy's top-1 decision is taken as a
+    ``dim=16`` (the neural-linear kinds need a configured ``checkpoint``). For every micro-batch (``--batch-size``) the policy's top-1 decision is taken as a
     distribution over the candidates *before* it learns the batch
     (:class:`~pipeline.learners.bandits.offpolicy.PrequentialEvaluation`); then it learns from
     every event of the batch.
@@ -105,6 +105,8 @@ POLICY_KINDS = (
     "hybrid_linucb",
     "hybrid_ts",
     "bootstrap",
+    "neural_linucb",
+    "neural_ts",
 )
 DEFAULT_DIM = 16
 _FIELDS = ("value", "lower", "upper", "std_error", "ess", "n")

@@ -1,6 +1,8 @@
 """Contextual bandit policies: LinUCB, Diag-LinUCB, linear and Beta-Bernoulli Thompson sampling, ε-greedy,
-the shared-parameter hybrid LinUCB and hybrid Thompson sampling over context × item features, and
-bootstrap exploration (online bagging with Poisson weights) over any of the linear ones.
+the shared-parameter hybrid LinUCB and hybrid Thompson sampling over context × item features,
+bootstrap exploration (online bagging with Poisson weights) over any of the linear ones, and the
+neural-linear policies that explore around a pretrained ranker (a linear model on its last layer,
+starting at its predictions).
 
 Every policy is a :class:`~pipeline.learners.base.Policy` with a batch-first array API
 (``select`` / ``update``) and the Learner API over feature batches (``predict`` / ``learn``); every
@@ -27,6 +29,7 @@ from pipeline.learners.bandits.epsilon_greedy import EpsilonGreedy
 from pipeline.learners.bandits.hybrid import HybridLinUCB, HybridThompson
 from pipeline.learners.bandits.kernels import top_k
 from pipeline.learners.bandits.linucb import LinUCB, RidgeArms
+from pipeline.learners.bandits.neural_linear import NeuralLinUCB, NeuralThompson
 from pipeline.learners.bandits.thompson import BetaThompson, LinearThompson, mc_propensities
 
 __all__ = [
@@ -43,6 +46,8 @@ __all__ = [
     "HybridThompson",
     "LinUCB",
     "LinearThompson",
+    "NeuralLinUCB",
+    "NeuralThompson",
     "RidgeArms",
     "action_vectors",
     "context_vectors",
@@ -64,6 +69,8 @@ POLICIES: dict[str, type[BanditPolicy]] = {
         HybridLinUCB,
         HybridThompson,
         BootstrapPolicy,
+        NeuralLinUCB,
+        NeuralThompson,
     )
 }
 

@@ -59,7 +59,14 @@ from pipeline.learners.bandits.contexts import context_vectors
 if TYPE_CHECKING:
     from pipeline.learners.neural import NeuralRanker
 
-__all__ = ["EMBEDDING_PARTS", "FrozenEmbeddings", "check_parts", "embedding_scales", "hybrid_contexts"]
+__all__ = [
+    "EMBEDDING_PARTS",
+    "FrozenEmbeddings",
+    "check_parts",
+    "embedding_scales",
+    "hybrid_contexts",
+    "load_frozen_ranker",
+]
 
 #: what a hybrid context can take from the ranker (see the module docstring)
 EMBEDDING_PARTS = ("user", "item", "user_x_item")
@@ -178,6 +185,23 @@ def hybrid_contexts(
     return out
 
 
+def load_frozen_ranker(path: str | Path, param: str) -> tuple[NeuralRanker, str]:
+    """``(ranker, sha256 of the file)`` of a ``streamlearn pretrain`` checkpoint, frozen for autograd.
+
+    ``torch.load(weights_only=True)`` underneath. A missing or unreadable file is a ``ValueError``
+    naming ``param`` (the option that gave the path) and the path.
+    """
+    from pipeline.learners.neural import CheckpointError, NeuralRanker  # torch: only when asked for
+
+    try:
+        ranker = NeuralRanker(checkpoint=str(path))
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except (CheckpointError, OSError) as exc:
+        raise ValueError(f"{param} could not be loaded: {exc}") from None
+    ranker._model.requires_grad_(False)
+    return ranker, digest
+
+
 class FrozenEmbeddings:
     """A pretrain checkpoint loaded once as a frozen source of context embeddings.
 
@@ -211,13 +235,7 @@ class FrozenEmbeddings:
         or is not a readable checkpoint.
         """
         parts = check_parts(parts)
-        from pipeline.learners.neural import CheckpointError, NeuralRanker  # torch: only when asked for
-
-        try:
-            ranker = NeuralRanker(checkpoint=str(path))
-            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        except (CheckpointError, OSError) as exc:
-            raise ValueError(f"embedding_checkpoint could not be loaded: {exc}") from None
+        ranker, digest = load_frozen_ranker(path, "embedding_checkpoint")
         return cls(ranker, parts, digest)
 
     def contexts(

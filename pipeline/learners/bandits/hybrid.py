@@ -250,8 +250,10 @@ class HybridLinear(BanditPolicy):
     ) -> None:
         x = X[:, : self.dim]
         if X.shape[1] > self.dim:
-            self._act[rows] = X[:, self.dim :]  # the arm's latest features, for decisions without any
-        a = self._act[rows]
+            a = X[:, self.dim :]  # each event's own features, even when an arm repeats in the batch
+            self._act[rows] = a  # the arm's latest features, for decisions without any
+        else:
+            a = self._act[rows]
         z = self._cross(x, a[:, None, :])[:, 0]
         wr = weights * rewards
         self._Z += (z * weights[:, None]).T @ z
