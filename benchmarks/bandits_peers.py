@@ -480,9 +480,7 @@ def main() -> None:
         parts[f"obp simulator, {variant}"] = runs
         result[f"obp_{variant}"] = aggregate(runs)
     if not args.skip_project:
-        runs = project_part(
-            args.requests, seeds, args.batch, kinds, args.logged, args.dim, not args.no_peers
-        )
+        runs = project_part(args.requests, seeds, args.batch, kinds, args.logged, args.dim, not args.no_peers)
         parts["project simulator"] = runs
         result["project"] = aggregate(runs)
     result["seconds"] = time.perf_counter() - start
