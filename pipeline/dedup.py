@@ -38,12 +38,17 @@ class Deduplicator:
 
     def filter(self, event_ids: pa.Array) -> np.ndarray:
         """Boolean mask: True for events to keep (first sighting within the window)."""
-        n = len(event_ids)
+        if self.window == 0:
+            return np.ones(len(event_ids), dtype=bool)
+        return self.filter_hashes(hash_strings(event_ids, "event_id"))
+
+    def filter_hashes(self, hashes: np.ndarray) -> np.ndarray:
+        """:meth:`filter` of ids already hashed (uint64, as :func:`~pipeline.hashing.hash_strings` makes them)."""
+        n = len(hashes)
         if self.window == 0:
             return np.ones(n, dtype=bool)
         seen = self._seen
         ring = self._ring
-        hashes = hash_strings(event_ids, "event_id")
         ids = hashes.tolist()
         before = len(seen)
         if n <= self.window and seen.isdisjoint(ids):

@@ -23,6 +23,8 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +33,16 @@ import pyarrow as pa
 from pipeline.events import EventBatch
 from pipeline.hashing import combine, hash_one, hash_repeated_strings, hash_strings
 
-__all__ = ["BIAS_KEY", "FeatureBatch", "FeatureSpec", "Featurizer", "concat_features"]
+__all__ = [
+    "BIAS_KEY",
+    "FeatureBatch",
+    "FeatureSpec",
+    "Featurizer",
+    "concat_features",
+    "feature_bytes",
+    "stack_features",
+    "take_features",
+]
 
 BIAS_KEY = np.uint64(hash_one("bias", namespace="__bias__"))
 
@@ -105,44 +116,127 @@ class FeatureBatch:
 
 def concat_features(a: FeatureBatch, b: FeatureBatch) -> FeatureBatch:
     """The rows of ``a`` then those of ``b``: what one :meth:`Featurizer.transform` of both batches'
-    events would give under the same statistics (tested), without featurising either again."""
+    events would give under the same statistics (tested), without featurising either again.
+
+    The events are chained (:class:`~pipeline.events.schema.ChainedEvents`): their rows are
+    copied only if something reads the whole table."""
     if not len(b):
         return a
     if not len(a):
         return b
-    n_a, n_b = len(a), len(b)
-    events = EventBatch(
-        pa.Table.from_batches([a.events.table, b.events.table]).combine_chunks().to_batches()[0]
-    )
+    from pipeline.events.schema import ChainedEvents
+
+    return stack_features([a, b], ChainedEvents([a.events, b.events]))
+
+
+def stack_features(batches: Sequence[FeatureBatch], events: EventBatch) -> FeatureBatch:
+    """The rows of ``batches`` one after the other, row-aligned with ``events`` (the caller's).
+
+    Only the batches' arrays are read (their rows are counted by ``indptr``), never their events."""
+    if len(batches) == 1:
+        return dataclasses.replace(batches[0], events=events)
+    sizes = [len(b.indptr) - 1 for b in batches]
+    offsets = np.cumsum([0, *sizes])
+    nnz = np.cumsum([0, *(int(b.indptr[-1]) for b in batches)])
+    names = sorted(set().union(*(b.numeric for b in batches)))
     numeric = {
-        name: np.concatenate(
-            [a.numeric.get(name, np.full(n_a, np.nan)), b.numeric.get(name, np.full(n_b, np.nan))]
-        )
-        for name in sorted(set(a.numeric) | set(b.numeric))
+        name: np.concatenate([b.numeric.get(name, np.full(n, np.nan)) for b, n in zip(batches, sizes)])
+        for name in names
     }
     categorical = None
-    if a.categorical is not None or b.categorical is not None:
+    if any(b.categorical is not None for b in batches):
         empty = (np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
-        ca, cb = a.categorical or empty, b.categorical or empty
+        cats = [b.categorical or empty for b in batches]
         categorical = (
-            np.concatenate([ca[0], cb[0] + n_a]),
-            np.concatenate([ca[1], cb[1]]),
-            np.concatenate([ca[2], cb[2]]),
+            np.concatenate([c[0] + off for c, off in zip(cats, offsets)]),
+            np.concatenate([c[1] for c in cats]),
+            np.concatenate([c[2] for c in cats]),
         )
     weights = None
-    if a.weights is not None or b.weights is not None:
-        weights = np.concatenate([a.sample_weights, b.sample_weights])
+    if any(b.weights is not None for b in batches):
+        weights = np.concatenate(
+            [np.ones(n) if b.weights is None else b.weights for b, n in zip(batches, sizes)]
+        )
     return FeatureBatch(
         events=events,
-        indptr=np.concatenate([a.indptr, b.indptr[1:] + a.indptr[-1]]),
-        keys=np.concatenate([a.keys, b.keys]),
-        values=np.concatenate([a.values, b.values]),
-        user_hash=np.concatenate([a.user_hash, b.user_hash]),
-        item_hash=np.concatenate([a.item_hash, b.item_hash]),
+        indptr=np.concatenate([[0]] + [b.indptr[1:] + at for b, at in zip(batches, nnz)]).astype(np.int64),
+        keys=np.concatenate([b.keys for b in batches]),
+        values=np.concatenate([b.values for b in batches]),
+        user_hash=np.concatenate([b.user_hash for b in batches]),
+        item_hash=np.concatenate([b.item_hash for b in batches]),
         numeric=numeric,
         categorical=categorical,
         weights=weights,
     )
+
+
+def take_features(batch: FeatureBatch, rows: np.ndarray, events: EventBatch | None = None) -> FeatureBatch:
+    """Rows ``rows`` (in that order, repeats allowed) of ``batch``: what :meth:`Featurizer.transform` of
+    those events would give under the same statistics (tested), without hashing anything again.
+
+    ``events`` are the taken rows' events when the caller has them (default: taken from ``batch``).
+    Numeric features that none of the rows has are left out, as ``transform`` leaves them out.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    indptr, entries = _csr_take(batch.indptr, rows)
+    numeric = {}
+    for name, dense in batch.numeric.items():
+        taken = dense[rows]
+        if not np.isnan(taken).all():
+            numeric[name] = taken
+    categorical = None
+    if batch.categorical is not None:
+        cat_rows, names, keys = batch.categorical  # rows ascending, as transform makes them
+        cat_ptr = np.zeros(len(batch.indptr), np.int64)
+        np.cumsum(np.bincount(cat_rows, minlength=len(batch.indptr) - 1), out=cat_ptr[1:])
+        cat_indptr, sel = _csr_take(cat_ptr, rows)
+        categorical = (
+            np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(cat_indptr)),
+            names[sel],
+            keys[sel],
+        )
+    return FeatureBatch(
+        events=batch.events.take(rows) if events is None else events,
+        indptr=indptr,
+        keys=batch.keys[entries],
+        values=batch.values[entries],
+        user_hash=batch.user_hash[rows],
+        item_hash=batch.item_hash[rows],
+        numeric=numeric,
+        categorical=categorical,
+        weights=None if batch.weights is None else batch.weights[rows],
+    )
+
+
+def _csr_take(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(indptr of the taken rows, their entries' positions)`` of CSR rows (repeats allowed)."""
+    starts = indptr[rows]
+    counts = indptr[rows + 1] - starts
+    out = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out, np.repeat(starts - out[:-1], counts) + np.arange(out[-1], dtype=np.int64)
+
+
+def feature_bytes(batch: FeatureBatch) -> int:
+    """Bytes of ``batch``'s arrays (not its events)."""
+    n = batch.indptr.nbytes + batch.keys.nbytes + batch.values.nbytes
+    n += batch.user_hash.nbytes + batch.item_hash.nbytes + sum(v.nbytes for v in batch.numeric.values())
+    if batch.categorical is not None:
+        n += sum(a.nbytes for a in batch.categorical)
+    return n
+
+
+_NUMERIC_KEYS: dict[str, np.uint64] = {}
+
+
+def _numeric_key(name: str) -> np.uint64:
+    """The feature key of a numeric feature (its name's hash), cached: names are few."""
+    key = _NUMERIC_KEYS.get(name)
+    if key is None:
+        key = np.uint64(hash_one(name, "numeric"))
+        if len(_NUMERIC_KEYS) < 10_000:  # names come from the stream: never grow without bound
+            _NUMERIC_KEYS[name] = key
+    return key
 
 
 class _Welford:
@@ -216,6 +310,23 @@ class Featurizer:
         batch = self.transform(events)
         self.update(batch)
         return batch
+
+    def restandardized(self, batch: FeatureBatch) -> FeatureBatch:
+        """``batch`` with its numeric values standardised under the statistics as they are now.
+
+        Equal to :meth:`transform` of ``batch.events`` now (tested) when ``batch`` came from
+        ``transform`` of the same events (at any earlier time, or as :func:`take_features` of such a
+        batch): only the numeric values depend on the statistics, and their raw values are kept
+        in ``batch.numeric``. So stored features can be learned later without hashing again.
+        """
+        if not self.spec.standardize or not batch.numeric:
+            return batch
+        values = batch.values.copy()
+        row_of = batch.row_of_nnz
+        for name, dense in batch.numeric.items():
+            sel = np.flatnonzero(batch.keys == _numeric_key(name))
+            values[sel] = np.clip(self._welford.scale(name, dense[row_of[sel]]), -1e6, 1e6).astype(np.float32)
+        return dataclasses.replace(batch, values=values)
 
     # -- transform --------------------------------------------------------------------------------
     def transform(self, events: EventBatch) -> FeatureBatch:
@@ -295,7 +406,7 @@ class Featurizer:
             out[name] = dense
             scaled = self._welford.scale(name, x) if self.spec.standardize else x
             parts_rows.append(rows[sel])
-            parts_keys.append(np.full(int(sel.sum()), np.uint64(hash_one(name, "numeric")), np.uint64))
+            parts_keys.append(np.full(int(sel.sum()), _numeric_key(name), np.uint64))
             parts_vals.append(np.clip(scaled, -1e6, 1e6).astype(np.float32))
         return out
 

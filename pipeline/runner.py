@@ -208,8 +208,10 @@ class Runner:
                 self.dead_letters.write(dead)
             for d in dead:
                 self.dead_by_reason[d.reason] = self.dead_by_reason.get(d.reason, 0) + 1
-        ids = events.column("event_id") if self.joiner is None else self.joiner.dedup_ids(events)
-        keep = self.dedup.filter(ids)
+        if self.joiner is None:
+            keep = self.dedup.filter(events.column("event_id"))
+        else:
+            keep = self.dedup.filter_hashes(self.joiner.dedup_hashes(events))
         duplicates = int(len(keep) - keep.sum())
         if duplicates:
             events = events.take(np.flatnonzero(keep))
@@ -276,6 +278,8 @@ class Runner:
         t1 = time.perf_counter()
         step = joiner.ingest(events)
         scored = self.featurizer.transform_and_update(step.scored) if len(step.scored) else None
+        if scored is not None:
+            joiner.record_features(scored)
         durations["features"] = time.perf_counter() - t1
         scores = {}
         for learner in self.learners:
@@ -286,7 +290,7 @@ class Runner:
             durations[f"learn:{learner.name}"] = time.perf_counter() - ts
         out = joiner.advance()
         ts = time.perf_counter()
-        train = self.featurizer.transform(out.train) if len(out.train) else None
+        train = out.train_features(self.featurizer, scored)
         final = None
         if any(getattr(lr, "learns_final_labels", False) for lr in self.learners) and len(out.evaluated):
             final = self.featurizer.transform(out.evaluated)

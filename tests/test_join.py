@@ -279,6 +279,78 @@ def test_snapshot_and_restore_at_any_batch_joins_every_exposure_exactly_once(str
             assert e in clicked
 
 
+def test_the_two_level_key_index_joins_as_one_sorted_index(monkeypatch):
+    """Merging the index's small level into the main one now and then changes nothing joined."""
+    from pipeline.join import store
+
+    rows = _stream()
+    batches = [rows[i : i + 37] for i in range(0, len(rows), 37)]
+
+    def run():
+        j, trained = _joiner(strategy="fake_negative", window_s=20, allowed_lateness_ms=1000), []
+        for b, batch in enumerate(batches):
+            if b == 12:
+                state, j = j.state(), _joiner(strategy="fake_negative", window_s=20, allowed_lateness_ms=1000)
+                j.load_state(state)
+            out = _step(j, batch + batch[:3])  # repeats of keys just opened
+            trained += list(zip(out.train.strings("event_id"), out.train.label.tolist(), strict=True))
+        return trained, dict(j.counters)
+
+    once = run()
+    monkeypatch.setattr(store._KeyIndex, "MERGE_AT", 25)
+    assert run() == once
+    assert once[1]["repeated_exposures"] > 0 and once[1]["attributed"] > 100
+
+
+@pytest.mark.parametrize("strategy", ["wait", "fake_negative", "es_dfm"])
+def test_the_features_of_stored_exposures_equal_a_fresh_transform_of_what_is_learned(strategy):
+    """Kept features, compacted, restored (then featurised again) and beside labelled examples."""
+    from pipeline.events import EventBatch
+    from pipeline.features import FeatureSpec, Featurizer
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i, r in enumerate(_stream(n_requests=300)):
+        feats = {"device": ["ios", "web"][i % 2]}
+        if i % 3:
+            feats["price"] = float(rng.normal(5, 2))
+        rows.append({**r, "features": feats})
+        if i % 11 == 0:  # a labelled example (neither exposure nor outcome)
+            rows.append({"event_id": f"p{i}", "ts": r["ts"], "user_id": "v", "item_id": "j", "label": 1})
+    batches = [rows[i : i + 41] for i in range(0, len(rows), 41)]
+    fz = Featurizer(FeatureSpec(crosses=(("user_id", "device"),)))
+    make = lambda: _joiner(strategy=strategy, window_s=20, elapsed_s=3, allowed_lateness_ms=1000)  # noqa: E731
+    j, checked = make(), 0
+    for b, batch in enumerate(batches):
+        if b == 9:  # restored: the open chunks' features are gone, and are made again when read
+            state, j = j.state(), make()
+            j.load_state(state)
+        if b % 5 == 4:
+            j.store.compact(force=True)  # partly kept chunks take their features' rows
+        step = j.ingest(_events(batch))
+        scored = fz.transform_and_update(step.scored) if len(step.scored) else None
+        if scored is not None:
+            j.record_features(scored)
+        j.record_predictions("m", np.full(len(step.scored), 0.5))
+        out = j.advance()
+        got = out.train_features(fz, scored)
+        if not len(out.train):
+            assert got is None
+            continue
+        want = fz.transform(EventBatch(out.train.table))
+        for name in ("indptr", "keys", "values", "user_hash", "item_hash"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name, strict=True)
+        assert sorted(got.numeric) == sorted(want.numeric)
+        for name, dense in want.numeric.items():
+            np.testing.assert_array_equal(got.numeric[name], dense)
+        for x, y in zip(got.categorical, want.categorical, strict=True):
+            np.testing.assert_array_equal(x, y, strict=True)
+        np.testing.assert_array_equal(got.labels, want.labels)
+        assert got.events.strings("event_id") == want.events.strings("event_id")
+        checked += len(out.train)
+    assert checked > 200
+
+
 def test_join_config_is_validated_with_the_key_named():
     with pytest.raises(ConfigError, match=r"join\.strategy"):
         load_config(overrides={"join": {"strategy": "hope"}})

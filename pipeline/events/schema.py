@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -176,6 +176,48 @@ class EventBatch:
 
     def __repr__(self) -> str:
         return f"EventBatch({len(self)} events)"
+
+
+class ChainedEvents(EventBatch):
+    """Batches one after the other, concatenated column by column when a column is read.
+
+    The whole table is built only when something asks for it (``table``, ``take``): a learner
+    that reads only labels never copies the rows of the batches it learns together.
+
+    >>> a, b = EventBatch.empty(), EventBatch.empty()
+    >>> len(ChainedEvents([a, b])), ChainedEvents([a, b]).label.tolist()
+    (0, [])
+    """
+
+    __slots__ = ("_parts", "_taken", "_whole")
+
+    def __init__(self, parts: Sequence[EventBatch]):
+        self._parts = [p for p in parts if len(p)]
+        self._cache, self._taken, self._whole = {}, {}, None
+
+    @property
+    def table(self) -> pa.RecordBatch:  # type: ignore[override]
+        if self._whole is None:
+            if not self._parts:
+                self._whole = EventBatch.empty().table
+            elif len(self._parts) == 1:
+                self._whole = self._parts[0].table
+            else:
+                tables = [p.table for p in self._parts]
+                self._whole = pa.Table.from_batches(tables).combine_chunks().to_batches()[0]
+        return self._whole
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._parts)
+
+    def column(self, name: str) -> pa.Array:
+        if self._whole is not None or not self._parts:
+            return self.table.column(name)
+        if len(self._parts) == 1:
+            return self._parts[0].column(name)
+        if name not in self._taken:
+            self._taken[name] = pa.concat_arrays([p.column(name) for p in self._parts])
+        return self._taken[name]
 
 
 _EMPTY: pa.RecordBatch | None = None

@@ -48,9 +48,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.events import EventBatch
-from pipeline.hashing import combine, hash_strings
+from pipeline.events.schema import ChainedEvents
+from pipeline.features import FeatureBatch, Featurizer, stack_features, take_features
+from pipeline.hashing import combine, hash_one, hash_strings
 from pipeline.join.settings import JoinConfig
-from pipeline.join.store import CLOSED, EMITTED, LEARNED, ExposureStore
+from pipeline.join.store import CLOSED, EMITTED, LEARNED, ExposureStore, StoredRows
 from pipeline.join.weights import es_dfm_weights, fake_negative_weights
 from pipeline.learners.base import StateBundle
 
@@ -60,6 +62,9 @@ TRAIN_LABELLED = 0  # an event that was an example as it came (weight 1)
 TRAIN_FINAL = 1  # an exposure with its final label (``wait``; weight 1)
 TRAIN_EARLY = 2  # an exposure learned before its window closed, with the label known by then
 TRAIN_POSITIVE = 3  # the late positive duplicate of an exposure learned as a negative
+
+#: mixed into an outcome's hashed event id for deduplication (an outcome may reuse its exposure's id)
+_OUTCOME_SALT = np.uint64(hash_one("outcome", "join.dedup"))
 
 COUNTERS = (
     "exposures",
@@ -92,7 +97,9 @@ class Advance:
     ``train_kind`` holds one of the ``TRAIN_*`` codes per row of ``train``. With ``learn_scored``
     the batch's scored events (new exposures as fake negatives, then the labelled examples) are
     learned first, with the features and scores the runner already has, and ``train`` holds only
-    the rest (late positives from the store). ``evaluated`` and
+    the rest (late positives from the store). ``train`` is the store's part (``train_rows``, whose
+    features are kept) followed by ``labelled``, this batch's labelled examples (when the strategy
+    learns them here rather than with the scored events): see :meth:`train_features`. ``evaluated`` and
     ``predictions`` are aligned (exposure-time predictions, NaN for a learner that did not exist
     then); ``first_effect_ts`` are the event times of examples that changed the model for the first
     time in this batch, and ``first_effect_lag_ms`` how far the stream had moved on by then.
@@ -106,6 +113,25 @@ class Advance:
     first_effect_lag_ms: np.ndarray
     learn_scored: bool = False  # learn :attr:`Ingested.scored` first, as it is (kinds in ``scored_kind``)
     scored_kind: np.ndarray | None = None
+    train_rows: StoredRows | None = None
+    labelled: EventBatch | None = None  # this batch's labelled examples when they end ``train``
+
+    def train_features(self, featurizer: Featurizer, scored: FeatureBatch | None) -> FeatureBatch | None:
+        """:attr:`train`'s features under ``featurizer``'s statistics now (None when it is empty).
+
+        The store's kept features, then the labelled examples' rows of ``scored`` (the batch's
+        scored features, whose last rows they are), restandardised: equal to
+        ``featurizer.transform(train)`` (tested), without hashing anything again.
+        """
+        if not len(self.train):
+            return None
+        parts = []
+        if self.train_rows is not None and len(self.train_rows):
+            parts.append(self.train_rows.features(featurizer))
+        if self.labelled is not None and len(self.labelled):
+            n, m = len(scored), len(self.labelled)
+            parts.append(featurizer.restandardized(take_features(scored, np.arange(n - m, n), self.labelled)))
+        return parts[0] if len(parts) == 1 else stack_features(parts, self.train)
 
 
 class Joiner:
@@ -119,6 +145,7 @@ class Joiner:
         self.store = ExposureStore(self.learners)
         self._exposure_types = pa.array(list(settings.exposure_types), pa.string())
         self._outcome_types = pa.array(list(settings.outcome_types), pa.string())
+        self._types = pa.array([*settings.exposure_types, *settings.outcome_types], pa.string())
         self._window_ms = np.array([settings.window_ms_of(t) for t in settings.outcome_types], np.int64)
         self._longest_ms = round(1000 * settings.longest_window_s)
         self._elapsed_ms = round(1000 * settings.elapsed_s)
@@ -132,14 +159,19 @@ class Joiner:
         self._new_slots = np.zeros(0, np.int64)
         self._first_now = np.zeros(0, np.int64)
         self._labelled: EventBatch = EventBatch.empty()
+        self._opened: EventBatch = EventBatch.empty()
         self._labelled_preds: dict[str, np.ndarray] = {}
 
     # ---------------------------------------------------------------------------- classification
-    def dedup_ids(self, events: EventBatch) -> pa.Array:
-        """Event ids for deduplication: an outcome's id never collides with its exposure's."""
-        ids = events.column("event_id")
+    def dedup_hashes(self, events: EventBatch) -> np.ndarray:
+        """Hashed event ids for deduplication (:meth:`~pipeline.dedup.Deduplicator.filter_hashes`):
+        an outcome's is salted, so that it never collides with its exposure's (the same id)."""
+        hashes = hash_strings(events.column("event_id"), "event_id")
         is_out = pc.fill_null(pc.is_in(events.column("event_type"), value_set=self._outcome_types), False)
-        return pc.if_else(is_out, pc.binary_join_element_wise(ids, "outcome", "\x1f"), ids)
+        out = np.flatnonzero(is_out.to_numpy(zero_copy_only=False))
+        if len(out):
+            hashes[out] = combine(hashes[out], _OUTCOME_SALT)
+        return hashes
 
     @property
     def watermark(self) -> int:
@@ -169,13 +201,12 @@ class Joiner:
     def ingest(self, events: EventBatch) -> Ingested:
         """Open the batch's exposures and attribute its outcomes; see the module docstring."""
         c = self.counters
-        types = events.column("event_type")
-        is_x = pc.fill_null(pc.is_in(types, value_set=self._exposure_types), False).to_numpy(
-            zero_copy_only=False
-        )
-        kind = pc.fill_null(pc.index_in(types, value_set=self._outcome_types), -1).to_numpy(
-            zero_copy_only=False
-        )
+        # one lookup sorts every event: exposure types first, then the outcome types
+        code = pc.index_in(events.column("event_type"), value_set=self._types).fill_null(-1)
+        code = code.to_numpy(zero_copy_only=False)
+        n_x = len(self._exposure_types)
+        is_x = (code >= 0) & (code < n_x)
+        kind = np.where(code >= n_x, code - n_x, -1)
         is_o = kind >= 0
         if len(events):
             self.max_ts = max(self.max_ts, int(events.ts.max()))
@@ -185,6 +216,7 @@ class Joiner:
         plain = ~(is_x | is_o)
         self._labelled = events.take(np.flatnonzero(plain)) if plain.any() else EventBatch.empty()
         self._new_slots, opened = self._open(exposures, keys[x])
+        self._opened = opened
         c["exposures"] += len(self._new_slots)
         o = np.flatnonzero(is_o)
         linkable = events.column(self._link_field).is_valid().to_numpy(zero_copy_only=False)[o]
@@ -205,17 +237,11 @@ class Joiner:
     def _open(self, exposures: EventBatch, keys: np.ndarray) -> tuple[np.ndarray, EventBatch]:
         if not len(exposures):
             return np.zeros(0, np.int64), exposures
-        _, first = np.unique(keys, return_index=True)
-        fresh = np.zeros(len(keys), bool)
-        fresh[first] = True
-        fresh &= self.store.lookup(keys) < 0
-        self.counters["repeated_exposures"] += int(len(keys) - fresh.sum())
         if self.settings.link == "request_item" and exposures.column("request_id").null_count:
             self.counters["unlinkable"] += int(exposures.column("request_id").null_count)
-        keep = np.flatnonzero(fresh)
-        if len(keep) < len(keys):
-            exposures, keys = exposures.take(keep), keys[keep]
-        return self.store.append(exposures, keys), exposures
+        slots, opened = self.store.open_new(exposures, keys)
+        self.counters["repeated_exposures"] += len(keys) - len(slots)
+        return slots, opened
 
     def _attribute(self, new: dict[str, np.ndarray]) -> np.ndarray:
         """Attribute new and pending outcomes; returns the slots that got their first outcome now."""
@@ -271,6 +297,17 @@ class Joiner:
         self.store.preds[self._new_slots, j] = p[:m]
         self._labelled_preds[learner] = np.asarray(p[m:], dtype=np.float64)
 
+    def record_features(self, scored: FeatureBatch) -> None:
+        """The features of :attr:`Ingested.scored` as the runner made them: the new exposures'
+        rows are kept beside theirs in the store (a later example of them is not hashed again)."""
+        m = len(self._new_slots)
+        if not m:
+            return
+        opened = self._opened
+        self.store.attach_features(
+            scored if m == len(scored) else take_features(scored, np.arange(m), opened)
+        )
+
     # ---------------------------------------------------------------------------------- advance
     def advance(self) -> Advance:
         """Move the watermark; what to learn now and which exposures are final."""
@@ -320,11 +357,17 @@ class Joiner:
         a["flags"][slots] |= LEARNED
         if scored_first:
             slots = slots[n_new:]
-            train = st.events(slots, labels)
+        # lazily (a compaction below leaves the rows readable): learners read features and labels,
+        # and the features of the store's rows are kept (Advance.train_features)
+        train_rows = st.rows(slots, labels)
+        labelled = None
+        if scored_first:
+            train = train_rows.events
         else:
-            train = _concat(st.events(slots, labels), self._labelled)
+            labelled = self._labelled
+            train = _concat(train_rows.events, labelled)
             kinds = np.concatenate([kinds, np.full(n_lab, TRAIN_LABELLED, np.int8)])
-        # lazily: observers mostly read times and labels; a compaction below leaves the rows readable
+        # observers mostly read times and labels
         evaluated = _concat(st.events(closing, a["label"][closing], lazy=True), self._labelled)
         predictions = {
             name: np.concatenate([st.preds[closing, j], self._labelled_preds.get(name, np.zeros(n_lab))])
@@ -332,10 +375,12 @@ class Joiner:
         }
         fe_ts = np.concatenate([a["ts"][first_effect], self._labelled.ts])
         self._finish(closing)
-        self._labelled, self._labelled_preds = EventBatch.empty(), {}
+        self._labelled, self._labelled_preds, self._opened = EventBatch.empty(), {}, EventBatch.empty()
         self._new_slots = self._first_now = np.zeros(0, np.int64)
         lag = np.maximum(self.max_ts - fe_ts, 0)
-        return Advance(train, kinds, evaluated, predictions, fe_ts, lag, scored_first, scored_kind)
+        return Advance(
+            train, kinds, evaluated, predictions, fe_ts, lag, scored_first, scored_kind, train_rows, labelled
+        )
 
     def _emit_after_wait(self, due: np.ndarray, parts: list) -> None:
         """ES-DFM's sample after the wait: the label as it was ``elapsed_s`` after the exposure.
@@ -465,4 +510,4 @@ def _concat(a: EventBatch, b: EventBatch) -> EventBatch:
         return a
     if not len(a):
         return b
-    return EventBatch(pa.Table.from_batches([a.table, b.table]).combine_chunks().to_batches()[0])
+    return ChainedEvents([a, b])  # each column concatenated when it is read

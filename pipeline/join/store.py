@@ -1,9 +1,15 @@
 """The open exposures: their event rows and join state, columnar and bounded (docs/delayed_feedback.md).
 
 Slots are appended in arrival order and never reused; a closed slot stays until the next
-compaction, which keeps the live slots in order and renumbers them. Keys are found through a
-sorted index (numpy ``searchsorted``, merged with each batch's new keys by ``np.insert``), so that
-no step of the join runs Python per event. The key of a slot is a
+compaction, which keeps the live slots in order and renumbers them. Beside each chunk of rows the
+store keeps the chunk's hashed features as the runner featurised them when the exposures came
+(:meth:`ExposureStore.attach_features`), so that an exposure learned later (a late positive, a
+final label) is not hashed again: its features are taken and standardised under the statistics
+of the moment (:meth:`~pipeline.features.Featurizer.restandardized`), which equals featurising
+its row then. Features are not part of a snapshot: the chunks of a restored store are featurised
+again when read, with the same result. Keys are found through a
+sorted index (numpy ``searchsorted``; a batch's new keys go into a small second level that is
+merged in by ``np.insert`` now and then), so that no step of the join runs Python per event. The key of a slot is a
 stable 64-bit hash (:mod:`pipeline.hashing`) of ``(request_id, item_id)``; at a million open
 exposures the chance of any collision is below 3e-8.
 """
@@ -17,8 +23,9 @@ import pyarrow as pa
 
 from pipeline.events import EventBatch
 from pipeline.events.schema import EVENT_SCHEMA
+from pipeline.features import FeatureBatch, Featurizer, feature_bytes, stack_features, take_features
 
-__all__ = ["ALIVE", "CLOSED", "EMITTED", "LEARNED", "NO_TS", "ExposureStore"]
+__all__ = ["ALIVE", "CLOSED", "EMITTED", "LEARNED", "NO_TS", "ExposureStore", "StoredEvents", "StoredRows"]
 
 ALIVE = np.uint8(1)  # open: outcomes may still be attributed
 LEARNED = np.uint8(2)  # has had an effect on the model (for freshness)
@@ -43,18 +50,47 @@ class ExposureStore:
         self.learners = list(learners)
         self.size = 0
         self.live = 0
-        self._index_keys = np.zeros(0, np.uint64)  # sorted; a closed slot's entry stays until compaction
-        self._index_slots = np.zeros(0, np.int64)
+        self._index = _KeyIndex()  # a closed slot's entry stays until compaction
         self._chunks: list[pa.RecordBatch] = []
+        self._features: list[FeatureBatch | None] = []  # each chunk's features (None: not kept)
         self._starts = np.zeros(1, np.int64)  # first slot of each chunk (and the end), cached
         self._bytes = 0
         self.arrays = {name: np.zeros(0, dtype=dt) for name, dt in _FIELDS.items()}
         self.preds = np.zeros((0, len(self.learners)), dtype=np.float64)
 
     # -- growth ---------------------------------------------------------------------------------
+    def open_new(self, events: EventBatch, keys: np.ndarray) -> tuple[np.ndarray, EventBatch]:
+        """Open a slot for the first event of each key that is not open already.
+
+        Returns ``(slots, their events)``; the events left out are repeats (``len(events) -
+        len(slots)`` of them). One sort and one search of the index serve both the check and
+        the insertion.
+        """
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+        first = np.ones(len(keys), bool)
+        first[1:] = ordered[1:] != ordered[:-1]  # stable: a key's first sighting leads its run
+        first &= self._open_slot(self._index.newest(ordered)) < 0
+        if first.all():
+            return self._add(events, keys, ordered, order), events
+        keep = np.sort(order[first])
+        events = events.take(keep) if len(keep) else EventBatch.empty()
+        rank = np.searchsorted(keep, order[first])  # each kept key's place in arrival order
+        return self._add(events, keys[keep], ordered[first], rank), events
+
     def append(self, events: EventBatch, keys: np.ndarray) -> np.ndarray:
         """Open one slot per event (keys must not be open already); returns the slots."""
+        order = np.argsort(keys, kind="stable")
+        return self._add(events, keys, keys[order], order)
+
+    def _add(
+        self, events: EventBatch, keys: np.ndarray, ordered: np.ndarray, order: np.ndarray
+    ) -> np.ndarray:
+        """Slots for ``events`` (keys in arrival order), indexed as the sorted keys ``ordered``,
+        where ``order[i]`` is the arrival rank of the i-th of them."""
         m = len(events)
+        if not m:
+            return np.zeros(0, np.int64)
         start = self.size
         need = start + m
         if need > len(self.arrays["key"]):
@@ -76,32 +112,38 @@ class ExposureStore:
         a["flags"][sl] = ALIVE
         self.preds[sl] = np.nan
         self._chunks.append(events.table)
+        self._features.append(None)
         if len(self._starts) == len(self._chunks):  # the cache was current: extend it
             self._starts = np.append(self._starts, self._starts[-1] + events.table.num_rows)
         self._bytes += events.table.nbytes
+        self._index.add(ordered, start + np.asarray(order, np.int64))
         slots = np.arange(start, need, dtype=np.int64)
-        order = np.argsort(keys, kind="stable")
-        at = np.searchsorted(self._index_keys, keys[order], side="right")  # after an older, closed twin
-        self._index_keys = np.insert(self._index_keys, at, keys[order])
-        self._index_slots = np.insert(self._index_slots, at, slots[order])
         self.size = need
         self.live += m
         return slots
+
+    def attach_features(self, features: FeatureBatch) -> None:
+        """Keep the features of the chunk :meth:`append` added last (row-aligned with it)."""
+        if not self._chunks or len(features) != self._chunks[-1].num_rows:
+            raise ValueError("features must be row-aligned with the last appended chunk")
+        self._features[-1] = features
+        self._bytes += feature_bytes(features)
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """The open slot of each key; :data:`CLOSED` where its exposure has closed since the last
         compaction (closed keys are remembered that long: at least as many as are open, or 10,000),
         -1 where none is known."""
-        if not len(self._index_keys) or not len(keys):
-            return np.full(len(keys), -1, np.int64)
-        # the rightmost entry of a key is its newest slot: the open one, if any is
-        at = np.searchsorted(self._index_keys, keys, side="right") - 1
-        safe = np.maximum(at, 0)
-        slots = self._index_slots[safe]
-        known = (at >= 0) & (self._index_keys[safe] == keys)
-        alive = known & (slots >= 0)
-        alive[alive] = (self.arrays["flags"][slots[alive]] & ALIVE) > 0
-        return np.where(alive, slots, np.where(known, CLOSED, -1))
+        if not len(keys):
+            return np.zeros(0, np.int64)
+        newest = self._index.newest(keys)  # a key's newest slot: the open one, if any is
+        slots = self._open_slot(newest)
+        return np.where(slots >= 0, slots, np.where(newest != _ABSENT, CLOSED, -1))
+
+    def _open_slot(self, newest: np.ndarray) -> np.ndarray:
+        """``newest`` where that slot is open, else -1."""
+        alive = newest >= 0
+        alive[alive] = (self.arrays["flags"][newest[alive]] & ALIVE) > 0
+        return np.where(alive, newest, -1)
 
     def close(self, slots: np.ndarray) -> None:
         """Close open slots (their rows stay readable until :meth:`compact`)."""
@@ -118,10 +160,13 @@ class ExposureStore:
         exposures go to observers that mostly read their times and labels)."""
         if not len(slots):
             return EventBatch.empty()
-        stored = StoredEvents(
-            _Rows(self._chunks, self._chunk_starts(), np.asarray(slots, dtype=np.int64)), labels
-        )
+        stored = self.rows(slots, labels).events
         return stored if lazy else EventBatch(stored.table)
+
+    def rows(self, slots: np.ndarray, labels: np.ndarray | None = None) -> StoredRows:
+        """The rows and features of ``slots`` as they are now (a later compaction leaves them readable)."""
+        rows = _Rows(self._chunks, self._chunk_starts(), np.asarray(slots, dtype=np.int64))
+        return StoredRows(rows, [self._features[c] for c, _ in rows.parts], labels)
 
     def _chunk_starts(self) -> np.ndarray:
         if len(self._starts) != len(self._chunks) + 1:
@@ -133,7 +178,7 @@ class ExposureStore:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the rows held (closed ones until the next compaction) and the slot arrays."""
+        """Bytes of the rows held (closed ones until the next compaction), their features and the slot arrays."""
         per_slot = sum(a.dtype.itemsize for a in self.arrays.values()) + 8 * len(self.learners)
         return self._bytes + per_slot * self.size
 
@@ -147,22 +192,34 @@ class ExposureStore:
         for name, arr in self.arrays.items():
             self.arrays[name] = arr[keep].copy()
         self.preds = self.preds[keep].copy()
-        self._chunks = self._kept_chunks(keep)
+        self._chunks, self._features = self._kept_chunks(keep)
         self._starts = np.zeros(0, np.int64)
         self._bytes = sum(c.nbytes for c in self._chunks)
+        self._bytes += sum(feature_bytes(f) for f in self._features if f is not None)
         self.size = self.live = len(keep)
         self._reindex()
 
-    def _kept_chunks(self, keep: np.ndarray) -> list[pa.RecordBatch]:
-        """The rows of ``keep`` (ascending), chunk by chunk: exposures close roughly in arrival
-        order, so most chunks are dropped or kept whole and only the few in between are copied."""
-        chunks = self._chunks
-        parts = _Rows(chunks, self._chunk_starts(), keep).parts
-        return [chunks[c] if len(at) == chunks[c].num_rows else chunks[c].take(at) for c, at in parts]
+    def _kept_chunks(self, keep: np.ndarray) -> tuple[list[pa.RecordBatch], list[FeatureBatch | None]]:
+        """The rows of ``keep`` (ascending) and their features, chunk by chunk: exposures close
+        roughly in arrival order, so most chunks are dropped or kept whole and only the few in
+        between are copied."""
+        chunks, features = self._chunks, self._features
+        out_rows, out_features = [], []
+        for c, at in _Rows(chunks, self._chunk_starts(), keep).parts:
+            if len(at) == chunks[c].num_rows:
+                out_rows.append(chunks[c])
+                out_features.append(features[c])
+                continue
+            taken = chunks[c].take(at)
+            out_rows.append(taken)
+            f = features[c]
+            out_features.append(None if f is None else take_features(f, np.asarray(at), EventBatch(taken)))
+        return out_rows, out_features
 
     def state(self) -> tuple[pa.Table, dict[str, np.ndarray]]:
         """The live rows and arrays (compacted first, so that a restore renumbers nothing)."""
-        remembered = self._index_keys[self._closed_entries()]
+        keys, slots = self._index.entries()
+        remembered = keys[self._open_slot(slots) < 0]
         self.compact(force=True)
         rows = pa.Table.from_batches(self._chunks, schema=EVENT_SCHEMA)
         arrays = {f"open.{name}": arr[: self.size].copy() for name, arr in self.arrays.items()}
@@ -186,31 +243,85 @@ class ExposureStore:
         preds = preds.reshape(n, len(self.learners))  # (-1 cannot be inferred when nothing is open)
         self.preds = preds.copy()
         self._chunks = rows.combine_chunks().to_batches() if n else []
+        self._features = [None] * len(self._chunks)  # featurised again when read
         self._starts = np.zeros(0, np.int64)
         self._bytes = sum(b.nbytes for b in self._chunks)
         self.size = self.live = n
         self._reindex()
         self._remember(np.asarray(arrays.get("closed_keys", np.zeros(0, np.uint64)), np.uint64))
 
-    def _closed_entries(self) -> np.ndarray:
-        slots = self._index_slots
-        closed = slots < 0
-        closed[~closed] = (self.arrays["flags"][slots[~closed]] & ALIVE) == 0
-        return np.flatnonzero(closed)
-
     def _remember(self, keys: np.ndarray) -> None:
         """Index ``keys`` as closed (a snapshot compacts the store but keeps what it knew)."""
-        if not len(keys):
-            return
-        keys = np.sort(keys)
-        at = np.searchsorted(self._index_keys, keys, side="left")  # before any open twin
-        self._index_keys = np.insert(self._index_keys, at, keys)
-        self._index_slots = np.insert(self._index_slots, at, np.full(len(keys), -1, np.int64))
+        self._index.add_closed(np.sort(keys))
 
     def _reindex(self) -> None:
         keys = self.arrays["key"][: self.size]
         order = np.argsort(keys, kind="stable")
-        self._index_keys, self._index_slots = keys[order].copy(), order.astype(np.int64)
+        self._index = _KeyIndex(keys[order].copy(), order.astype(np.int64))
+
+
+#: :meth:`_KeyIndex.newest` of a key it has no entry for
+_ABSENT = np.iinfo(np.int64).min
+
+
+class _KeyIndex:
+    """Sorted ``(key, slot)`` entries; a key's newest entry is the last of its run.
+
+    Two levels, so that a batch's new keys never move the whole index: they go into a small sorted
+    array, merged into the main one (one pass, ``np.insert`` at ``searchsorted`` positions) when it
+    holds :data:`MERGE_AT` entries. A slot of -1 marks a key remembered as closed.
+    """
+
+    MERGE_AT = 16_384
+
+    def __init__(self, keys: np.ndarray | None = None, slots: np.ndarray | None = None):
+        self.keys = np.zeros(0, np.uint64) if keys is None else keys
+        self.slots = np.zeros(0, np.int64) if slots is None else slots
+        self._new_keys = np.zeros(0, np.uint64)
+        self._new_slots = np.zeros(0, np.int64)
+
+    @staticmethod
+    def _search(keys: np.ndarray, slots: np.ndarray, probe: np.ndarray) -> np.ndarray:
+        if not len(keys):
+            return np.full(len(probe), _ABSENT, np.int64)
+        at = np.searchsorted(keys, probe, side="right") - 1
+        safe = np.maximum(at, 0)
+        return np.where((at >= 0) & (keys[safe] == probe), slots[safe], _ABSENT)
+
+    def newest(self, probe: np.ndarray) -> np.ndarray:
+        """The slot of each key's newest entry (-1: remembered as closed), :data:`_ABSENT` where none."""
+        out = self._search(self._new_keys, self._new_slots, probe)  # newer than every main entry
+        miss = np.flatnonzero(out == _ABSENT)
+        if len(miss):
+            out[miss] = self._search(self.keys, self.slots, probe[miss])
+        return out
+
+    def add(self, ordered: np.ndarray, slots: np.ndarray) -> None:
+        """Entries for sorted keys, newer than every entry there is."""
+        at = np.searchsorted(self._new_keys, ordered, side="right")
+        self._new_keys = np.insert(self._new_keys, at, ordered)
+        self._new_slots = np.insert(self._new_slots, at, slots)
+        if len(self._new_keys) >= self.MERGE_AT:
+            self._merge()
+
+    def add_closed(self, ordered: np.ndarray) -> None:
+        """Closed markers for sorted keys, older than every entry there is (an open twin wins)."""
+        if not len(ordered):
+            return
+        at = np.searchsorted(self.keys, ordered, side="left")
+        self.keys = np.insert(self.keys, at, ordered)
+        self.slots = np.insert(self.slots, at, np.full(len(ordered), -1, np.int64))
+
+    def _merge(self) -> None:
+        at = np.searchsorted(self.keys, self._new_keys, side="right")
+        self.keys = np.insert(self.keys, at, self._new_keys)
+        self.slots = np.insert(self.slots, at, self._new_slots)
+        self._new_keys, self._new_slots = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+
+    def entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every ``(key, slot)``, sorted by key (merged first)."""
+        self._merge()
+        return self.keys, self.slots
 
 
 class _Rows:
@@ -236,14 +347,44 @@ class _Rows:
         return pa.array(inverse)
 
     def batch(self) -> pa.RecordBatch:
+        if not self.parts:
+            return EventBatch.empty().table
         parts = [self.chunks[c].take(at) for c, at in self.parts]
         batch = parts[0] if len(parts) == 1 else pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
         return batch if self.order is None else batch.take(self._inverse())
 
     def column(self, i: int) -> pa.Array:
+        if not self.parts:
+            return EventBatch.empty().table.column(i)
         parts = [self.chunks[c].column(i).take(at) for c, at in self.parts]
         col = parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
         return col if self.order is None else col.take(self._inverse())
+
+
+class StoredRows:
+    """Some slots' events (:class:`StoredEvents`, read lazily) and their features, taken from the
+    store's chunks as they were when this was made."""
+
+    def __init__(self, rows: _Rows, features: list[FeatureBatch | None], labels: np.ndarray | None):
+        self._rows, self._features = rows, features
+        self.events = StoredEvents(rows, labels)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def features(self, featurizer: Featurizer) -> FeatureBatch:
+        """The rows' features under ``featurizer``'s statistics now: :meth:`~Featurizer.transform`
+        of :attr:`events` (tested), from the stored features where every chunk has them."""
+        parts = self._rows.parts
+        if not parts or any(f is None for f in self._features):
+            return featurizer.transform(self.events)
+        events = self.events
+        # the parts' events are never read (stack_features reads arrays): the stacked batch gets these
+        taken = [take_features(f, np.asarray(at), events) for f, (_, at) in zip(self._features, parts)]
+        batch = stack_features(taken, events)
+        if self._rows.order is not None:
+            batch = take_features(batch, np.asarray(self._rows._inverse()), events)
+        return featurizer.restandardized(batch)
 
 
 class StoredEvents(EventBatch):
