@@ -300,32 +300,46 @@ def _needs_ranker(kind: str) -> bool:
 
 def _run_neural_linear(kind: str, stream, checkpoint: str, seed: int) -> dict:
     """A neural-linear policy with its defaults; every candidate's pair features come from its ranker."""
-    import bandits as own
-
     from pipeline.events import EventRules, decode_arrow
     from pipeline.features import FeatureSpec, Featurizer
 
     policy = POLICIES[kind](checkpoint=checkpoint, seed=seed)
-    env = stream.oracle()
-    featurizer = Featurizer(FeatureSpec())
-    reward, regret = [], []
-    decide = learn = 0.0
-    for ctx, _, best_p in stream.batches:
-        t0 = time.perf_counter()
+    env, featurizer = stream.oracle(), Featurizer(FeatureSpec())
+
+    def decide(i, ctx, X):
         every, _ = decode_arrow(env.records(ctx, ctx.candidates), EventRules())
         A = policy.pair_features(featurizer.transform(every)).reshape(*ctx.candidates.shape, -1)
-        j = policy.select(None, ctx.candidates, action_features=A)[0][:, 0]
+        return policy.select(None, ctx.candidates, action_features=A)[0][:, 0], A
+
+    def learn(i, X, rows, j, items, r, A):
+        policy.update(None, items, r, action_features=A[rows, j])
+
+    return _closed_loop(stream, decide, learn)
+
+
+def _closed_loop(stream, decide, learn) -> dict:
+    """One run over the stream's batches: ``decide(i, ctx, X) -> (positions, extra)`` for batch i,
+    the environment's rewards, then ``learn(i, X, rows, positions, items, rewards, extra)``;
+    decide and learn are timed."""
+    import bandits as own
+
+    env = stream.oracle()
+    reward, regret = [], []
+    decide_s = learn_s = 0.0
+    for i, (ctx, X, best_p) in enumerate(stream.batches):
+        t0 = time.perf_counter()
+        j, extra = decide(i, ctx, X)
         t1 = time.perf_counter()
         rows = np.arange(len(ctx))
         items = ctx.candidates[rows, j]
         p = env.reward_probabilities(ctx, items)
         r = env.step(ctx, items)
         t2 = time.perf_counter()
-        policy.update(None, items, r, action_features=A[rows, j])
-        decide, learn = decide + t1 - t0, learn + time.perf_counter() - t2
+        learn(i, X, rows, j, items, r, extra)
+        decide_s, learn_s = decide_s + t1 - t0, learn_s + time.perf_counter() - t2
         reward.append(p)
         regret.append(best_p - p)
-    return own._summary(np.concatenate(reward), np.concatenate(regret), decide, learn)
+    return own._summary(np.concatenate(reward), np.concatenate(regret), decide_s, learn_s)
 
 
 def _run_per_arm(kind: str, stream, dim: int) -> dict:
@@ -353,26 +367,15 @@ def _run_on_scores(kind: str, stream, scores: list[np.ndarray], dim: int, per_ar
 
     With ``per_arm=False`` the policy has no per-item weights: it learns (and explores) only how
     the context shifts the ranker's score, where the per-item parts explore each of the items."""
-    import bandits as own
-
     policy = POLICIES[kind](dim=dim, action_dim=1, per_arm=per_arm)
-    env = stream.oracle()
-    reward, regret = [], []
-    decide = learn = 0.0
-    for (ctx, X, best_p), s in zip(stream.batches, scores):
-        t0 = time.perf_counter()
-        j = policy.select(X, ctx.candidates, action_features=s[:, :, None])[0][:, 0]
-        t1 = time.perf_counter()
-        rows = np.arange(len(ctx))
-        items = ctx.candidates[rows, j]
-        p = env.reward_probabilities(ctx, items)
-        r = env.step(ctx, items)
-        t2 = time.perf_counter()
-        policy.update(X, items, r, action_features=s[rows, j][:, None])
-        decide, learn = decide + t1 - t0, learn + time.perf_counter() - t2
-        reward.append(p)
-        regret.append(best_p - p)
-    return own._summary(np.concatenate(reward), np.concatenate(regret), decide, learn)
+
+    def decide(i, ctx, X):
+        return policy.select(X, ctx.candidates, action_features=scores[i][:, :, None])[0][:, 0], None
+
+    def learn(i, X, rows, j, items, r, _):
+        policy.update(X, items, r, action_features=scores[i][rows, j][:, None])
+
+    return _closed_loop(stream, decide, learn)
 
 
 # ------------------------------------------------------------------------------------ reporting
