@@ -71,6 +71,8 @@ CONFORMANCE_LEARNERS: list[Case] = [
     Case("hybrid_linucb", {"dim": 8, "action_dim": 4, "item_features": ["price"]}),
     Case("hybrid_ts", {"dim": 8, "action_dim": 4, "n_mc": 8, "item_features": ["price"], "per_arm": False}),
     Case("bootstrap", {"dim": 8, "bags": 3}),
+    Case("neural_linucb", {"checkpoint": EMBEDDING_CHECKPOINT}),
+    Case("neural_ts", {"checkpoint": EMBEDDING_CHECKPOINT, "n_mc": 8, "per_arm": True}),
     Case("error_memory", {"base": "ftrl", "base_params": {"bits": 14, "alpha": 0.1}, "bits": 6, "tables": 4}),
     Case(
         "neural",
@@ -351,14 +353,19 @@ def test_every_registered_kind_has_a_case():
     assert kinds_without_case([*known_kinds(), "new_kind"], CONFORMANCE_LEARNERS) == ["new_kind"]
 
 
-def test_every_kind_runs_from_the_command_line_with_its_defaults(tmp_path: Path):
+#: kinds that explore around a pretrained ranker: their one required parameter is its checkpoint
+NEEDS_CHECKPOINT = ("neural_linucb", "neural_ts")
+
+
+def test_every_kind_runs_from_the_command_line_with_its_defaults(tmp_path: Path, embedding_checkpoint):
     stream = tmp_path / "events.jsonl"
     stream.write_bytes(b"\n".join(make_events(2 * N, seed=10)) + b"\n")
     kinds = [k for k in known_kinds() if not k.startswith("river:")] + [
         "river:linear_model.LogisticRegression"
     ]
     argv = ["replay", str(stream), "--no-progress", "--summary-json", str(tmp_path / "summary.json")]
-    argv += [arg for k in kinds for arg in ("--learner", k)]
+    specs = [f'{k}:checkpoint="{embedding_checkpoint}"' if k in NEEDS_CHECKPOINT else k for k in kinds]
+    argv += [arg for k in specs for arg in ("--learner", k)]
     argv += [
         "--learner",
         'ftrl:alpha=0.2,bits=16,name="ftrl-tuned"',

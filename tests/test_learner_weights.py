@@ -35,6 +35,7 @@ from tests.test_conformance import (
     N,
     assert_bundles_equal,
     batches,
+    embedding_checkpoint,  # noqa: F401 - the fixture, for the cases that need a checkpoint
     kinds_without_case,
     make_events,
     make_runner,
@@ -42,11 +43,14 @@ from tests.test_conformance import (
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-#: the first conformance case of every kind (the embedding variant needs a pretrained checkpoint
-#: and adds nothing here: contexts are inputs, weights act on the statistics)
+#: the first conformance case of every kind, without a pretrained checkpoint where the kind can
+#: (the embedding variant adds nothing here: contexts are inputs, weights act on the statistics);
+#: the neural-linear kinds cannot
 WEIGHT_CASES: list[Case] = list(
     {
-        c.kind: c for c in reversed(CONFORMANCE_LEARNERS) if EMBEDDING_CHECKPOINT not in c.params.values()
+        c.kind: c
+        for c in reversed(CONFORMANCE_LEARNERS)
+        if EMBEDDING_CHECKPOINT not in c.params.values() or c.kind.startswith("neural_")
     }.values()
 )[::-1]
 
@@ -61,12 +65,22 @@ SUM_KINDS = {
     "epsilon_greedy",
     "hybrid_linucb",
     "hybrid_ts",
+    "neural_linucb",
+    "neural_ts",
 }
+
+
+def _resolved(c: Case, request) -> Case:
+    """``c`` with the pretrained checkpoint's path where it names one."""
+    if EMBEDDING_CHECKPOINT not in c.params.values():
+        return c
+    path = request.getfixturevalue("embedding_checkpoint")
+    return Case(c.kind, {k: path if v == EMBEDDING_CHECKPOINT else v for k, v in c.params.items()}, c.name)
 
 
 @pytest.fixture(params=WEIGHT_CASES, ids=lambda c: c.id)
 def case(request) -> Case:
-    return request.param
+    return _resolved(request.param, request)
 
 
 def warm_runner(case: Case, seed: int = 11) -> Runner:
@@ -144,8 +158,8 @@ def _sum_statistics(learner: Learner) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("kind", sorted(SUM_KINDS))
-def test_weight_two_counts_like_the_rows_twice(kind: str):
-    (case,) = [c for c in WEIGHT_CASES if c.kind == kind]
+def test_weight_two_counts_like_the_rows_twice(kind: str, request):
+    (case,) = [_resolved(c, request) for c in WEIGHT_CASES if c.kind == kind]
     weighted, doubled = warm_runner(case), warm_runner(case)
     events = new_events()
     rows = np.arange(len(events))
