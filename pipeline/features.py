@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.events import EventBatch
+from pipeline.events.schema import ChainedEvents
 from pipeline.hashing import combine, hash_one, hash_repeated_strings, hash_strings
 
 __all__ = [
@@ -124,8 +125,6 @@ def concat_features(a: FeatureBatch, b: FeatureBatch) -> FeatureBatch:
         return a
     if not len(a):
         return b
-    from pipeline.events.schema import ChainedEvents
-
     return stack_features([a, b], ChainedEvents([a.events, b.events]))
 
 
@@ -325,8 +324,13 @@ class Featurizer:
         row_of = batch.row_of_nnz
         for name, dense in batch.numeric.items():
             sel = np.flatnonzero(batch.keys == _numeric_key(name))
-            values[sel] = np.clip(self._welford.scale(name, dense[row_of[sel]]), -1e6, 1e6).astype(np.float32)
+            values[sel] = self._numeric_values(name, dense[row_of[sel]])
         return dataclasses.replace(batch, values=values)
+
+    def _numeric_values(self, name: str, x: np.ndarray) -> np.ndarray:
+        """The feature values of numeric feature ``name``'s raw values ``x``, under the statistics now."""
+        scaled = self._welford.scale(name, x) if self.spec.standardize else x
+        return np.clip(scaled, -1e6, 1e6).astype(np.float32)
 
     # -- transform --------------------------------------------------------------------------------
     def transform(self, events: EventBatch) -> FeatureBatch:
@@ -404,10 +408,9 @@ class Featurizer:
             dense = np.full(n, np.nan)
             dense[rows[sel]] = x
             out[name] = dense
-            scaled = self._welford.scale(name, x) if self.spec.standardize else x
             parts_rows.append(rows[sel])
             parts_keys.append(np.full(int(sel.sum()), _numeric_key(name), np.uint64))
-            parts_vals.append(np.clip(scaled, -1e6, 1e6).astype(np.float32))
+            parts_vals.append(self._numeric_values(name, x))
         return out
 
     def _field_hash(self, events, name, user, item, cat_rows, cat_names, cat_keys):

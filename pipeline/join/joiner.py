@@ -143,9 +143,9 @@ class Joiner:
         self.settings = settings
         self.learners = list(learners)
         self.store = ExposureStore(self.learners)
-        self._exposure_types = pa.array(list(settings.exposure_types), pa.string())
-        self._outcome_types = pa.array(list(settings.outcome_types), pa.string())
+        # event types for one lookup (_type_codes): the exposure types first, then the outcome types
         self._types = pa.array([*settings.exposure_types, *settings.outcome_types], pa.string())
+        self._n_exposure_types = len(settings.exposure_types)
         self._window_ms = np.array([settings.window_ms_of(t) for t in settings.outcome_types], np.int64)
         self._longest_ms = round(1000 * settings.longest_window_s)
         self._elapsed_ms = round(1000 * settings.elapsed_s)
@@ -159,7 +159,6 @@ class Joiner:
         self._new_slots = np.zeros(0, np.int64)
         self._first_now = np.zeros(0, np.int64)
         self._labelled: EventBatch = EventBatch.empty()
-        self._opened: EventBatch = EventBatch.empty()
         self._labelled_preds: dict[str, np.ndarray] = {}
 
     # ---------------------------------------------------------------------------- classification
@@ -167,11 +166,16 @@ class Joiner:
         """Hashed event ids for deduplication (:meth:`~pipeline.dedup.Deduplicator.filter_hashes`):
         an outcome's is salted, so that it never collides with its exposure's (the same id)."""
         hashes = hash_strings(events.column("event_id"), "event_id")
-        is_out = pc.fill_null(pc.is_in(events.column("event_type"), value_set=self._outcome_types), False)
-        out = np.flatnonzero(is_out.to_numpy(zero_copy_only=False))
+        out = np.flatnonzero(self._type_codes(events) >= self._n_exposure_types)
         if len(out):
             hashes[out] = combine(hashes[out], _OUTCOME_SALT)
         return hashes
+
+    def _type_codes(self, events: EventBatch) -> np.ndarray:
+        """Each event's type as one lookup finds it: ``0 .. n-1`` the exposure types, then the
+        outcome types; -1 for any other type, or none (a labelled example)."""
+        code = pc.index_in(events.column("event_type"), value_set=self._types).fill_null(-1)
+        return code.to_numpy(zero_copy_only=False)
 
     @property
     def watermark(self) -> int:
@@ -201,10 +205,8 @@ class Joiner:
     def ingest(self, events: EventBatch) -> Ingested:
         """Open the batch's exposures and attribute its outcomes; see the module docstring."""
         c = self.counters
-        # one lookup sorts every event: exposure types first, then the outcome types
-        code = pc.index_in(events.column("event_type"), value_set=self._types).fill_null(-1)
-        code = code.to_numpy(zero_copy_only=False)
-        n_x = len(self._exposure_types)
+        code = self._type_codes(events)
+        n_x = self._n_exposure_types
         is_x = (code >= 0) & (code < n_x)
         kind = np.where(code >= n_x, code - n_x, -1)
         is_o = kind >= 0
@@ -216,7 +218,6 @@ class Joiner:
         plain = ~(is_x | is_o)
         self._labelled = events.take(np.flatnonzero(plain)) if plain.any() else EventBatch.empty()
         self._new_slots, opened = self._open(exposures, keys[x])
-        self._opened = opened
         c["exposures"] += len(self._new_slots)
         o = np.flatnonzero(is_o)
         linkable = events.column(self._link_field).is_valid().to_numpy(zero_copy_only=False)[o]
@@ -300,13 +301,8 @@ class Joiner:
     def record_features(self, scored: FeatureBatch) -> None:
         """The features of :attr:`Ingested.scored` as the runner made them: the new exposures'
         rows are kept beside theirs in the store (a later example of them is not hashed again)."""
-        m = len(self._new_slots)
-        if not m:
-            return
-        opened = self._opened
-        self.store.attach_features(
-            scored if m == len(scored) else take_features(scored, np.arange(m), opened)
-        )
+        if len(self._new_slots):
+            self.store.attach_features(scored)
 
     # ---------------------------------------------------------------------------------- advance
     def advance(self) -> Advance:
@@ -375,7 +371,7 @@ class Joiner:
         }
         fe_ts = np.concatenate([a["ts"][first_effect], self._labelled.ts])
         self._finish(closing)
-        self._labelled, self._labelled_preds, self._opened = EventBatch.empty(), {}, EventBatch.empty()
+        self._labelled, self._labelled_preds = EventBatch.empty(), {}
         self._new_slots = self._first_now = np.zeros(0, np.int64)
         lag = np.maximum(self.max_ts - fe_ts, 0)
         return Advance(

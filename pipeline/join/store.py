@@ -78,11 +78,6 @@ class ExposureStore:
         rank = np.searchsorted(keep, order[first])  # each kept key's place in arrival order
         return self._add(events, keys[keep], ordered[first], rank), events
 
-    def append(self, events: EventBatch, keys: np.ndarray) -> np.ndarray:
-        """Open one slot per event (keys must not be open already); returns the slots."""
-        order = np.argsort(keys, kind="stable")
-        return self._add(events, keys, keys[order], order)
-
     def _add(
         self, events: EventBatch, keys: np.ndarray, ordered: np.ndarray, order: np.ndarray
     ) -> np.ndarray:
@@ -123,9 +118,13 @@ class ExposureStore:
         return slots
 
     def attach_features(self, features: FeatureBatch) -> None:
-        """Keep the features of the chunk :meth:`append` added last (row-aligned with it)."""
-        if not self._chunks or len(features) != self._chunks[-1].num_rows:
-            raise ValueError("features must be row-aligned with the last appended chunk")
+        """Keep the features of the chunk :meth:`open_new` added last: its rows are the first of
+        ``features`` (the runner's scored batch: the new exposures, then labelled examples)."""
+        n = self._chunks[-1].num_rows if self._chunks else 0
+        if not n or len(features) < n:
+            raise ValueError("features must begin with the rows of the last opened chunk")
+        if len(features) > n:
+            features = take_features(features, np.arange(n), EventBatch(self._chunks[-1]))
         self._features[-1] = features
         self._bytes += feature_bytes(features)
 
