@@ -293,7 +293,7 @@ class Runner:
         train = out.train_features(self.featurizer, scored)
         final = None
         if any(getattr(lr, "learns_final_labels", False) for lr in self.learners) and len(out.evaluated):
-            final = self.featurizer.transform(out.evaluated)
+            final = out.evaluated_features(self.featurizer, scored)
         learn, kinds = train, out.train_kind
         if out.learn_scored and scored is not None:
             learn = scored if train is None else concat_features(scored, train)

@@ -320,7 +320,7 @@ def test_the_features_of_stored_exposures_equal_a_fresh_transform_of_what_is_lea
     batches = [rows[i : i + 41] for i in range(0, len(rows), 41)]
     fz = Featurizer(FeatureSpec(crosses=(("user_id", "device"),)))
     make = lambda: _joiner(strategy=strategy, window_s=20, elapsed_s=3, allowed_lateness_ms=1000)  # noqa: E731
-    j, checked = make(), 0
+    j, checked, evaluated = make(), 0, 0
     for b, batch in enumerate(batches):
         if b == 9:  # restored: the open chunks' features are gone, and are made again when read
             state, j = j.state(), make()
@@ -333,6 +333,12 @@ def test_the_features_of_stored_exposures_equal_a_fresh_transform_of_what_is_lea
             j.record_features(scored)
         j.record_predictions("m", np.full(len(step.scored), 0.5))
         out = j.advance()
+        if len(out.evaluated):  # what policies learn, the same way
+            final, fresh = out.evaluated_features(fz, scored), fz.transform(EventBatch(out.evaluated.table))
+            for name in ("indptr", "keys", "values", "user_hash", "item_hash"):
+                np.testing.assert_array_equal(getattr(final, name), getattr(fresh, name), err_msg=name)
+            np.testing.assert_array_equal(final.labels, fresh.labels)
+            evaluated += len(out.evaluated)
         got = out.train_features(fz, scored)
         if not len(out.train):
             assert got is None
@@ -348,7 +354,7 @@ def test_the_features_of_stored_exposures_equal_a_fresh_transform_of_what_is_lea
         np.testing.assert_array_equal(got.labels, want.labels)
         assert got.events.strings("event_id") == want.events.strings("event_id")
         checked += len(out.train)
-    assert checked > 200
+    assert checked > 200 and evaluated > 500
 
 
 def test_join_config_is_validated_with_the_key_named():

@@ -97,9 +97,10 @@ class Advance:
     ``train_kind`` holds one of the ``TRAIN_*`` codes per row of ``train``. With ``learn_scored``
     the batch's scored events (new exposures as fake negatives, then the labelled examples) are
     learned first, with the features and scores the runner already has, and ``train`` holds only
-    the rest (late positives from the store). ``train`` is the store's part (``train_rows``, whose
-    features are kept) followed by ``labelled``, this batch's labelled examples (when the strategy
-    learns them here rather than with the scored events): see :meth:`train_features`. ``evaluated`` and
+    the rest (late positives from the store). ``train`` and ``evaluated`` are the store's part
+    (``train_rows``, ``evaluated_rows``: their features are kept) followed by ``labelled``, this
+    batch's labelled examples (in ``train`` when the strategy learns them here rather than with the
+    scored events): see :meth:`train_features` and :meth:`evaluated_features`. ``evaluated`` and
     ``predictions`` are aligned (exposure-time predictions, NaN for a learner that did not exist
     then); ``first_effect_ts`` are the event times of examples that changed the model for the first
     time in this batch, and ``first_effect_lag_ms`` how far the stream had moved on by then.
@@ -114,24 +115,40 @@ class Advance:
     learn_scored: bool = False  # learn :attr:`Ingested.scored` first, as it is (kinds in ``scored_kind``)
     scored_kind: np.ndarray | None = None
     train_rows: StoredRows | None = None
-    labelled: EventBatch | None = None  # this batch's labelled examples when they end ``train``
+    evaluated_rows: StoredRows | None = None
+    labelled: EventBatch | None = None  # this batch's labelled examples: ``evaluated`` ends with them
+    labelled_in_train: bool = False  # ``train`` ends with them too
 
     def train_features(self, featurizer: Featurizer, scored: FeatureBatch | None) -> FeatureBatch | None:
-        """:attr:`train`'s features under ``featurizer``'s statistics now (None when it is empty).
+        """:attr:`train`'s features under ``featurizer``'s statistics now (None when it is empty);
+        see :meth:`_features`."""
+        labelled = self.labelled if self.labelled_in_train else None
+        return _features(self.train, self.train_rows, labelled, featurizer, scored)
 
-        The store's kept features, then the labelled examples' rows of ``scored`` (the batch's
-        scored features, whose last rows they are), restandardised: equal to
-        ``featurizer.transform(train)`` (tested), without hashing anything again.
-        """
-        if not len(self.train):
-            return None
-        parts = []
-        if self.train_rows is not None and len(self.train_rows):
-            parts.append(self.train_rows.features(featurizer))
-        if self.labelled is not None and len(self.labelled):
-            n, m = len(scored), len(self.labelled)
-            parts.append(featurizer.restandardized(take_features(scored, np.arange(n - m, n), self.labelled)))
-        return parts[0] if len(parts) == 1 else stack_features(parts, self.train)
+    def evaluated_features(self, featurizer: Featurizer, scored: FeatureBatch | None) -> FeatureBatch | None:
+        """:attr:`evaluated`'s features (what policies learn: final rewards), as :meth:`train_features`."""
+        return _features(self.evaluated, self.evaluated_rows, self.labelled, featurizer, scored)
+
+
+def _features(
+    events: EventBatch,
+    rows: StoredRows | None,
+    labelled: EventBatch | None,
+    featurizer: Featurizer,
+    scored: FeatureBatch | None,
+) -> FeatureBatch | None:
+    """The features of ``events``: the store's ``rows`` (their kept features), then ``labelled``,
+    this batch's labelled examples (the last rows of ``scored``, the batch's scored features),
+    restandardised: equal to ``featurizer.transform(events)`` (tested), without hashing again."""
+    if not len(events):
+        return None
+    parts = []
+    if rows is not None and len(rows):
+        parts.append(rows.features(featurizer))
+    if labelled is not None and len(labelled):
+        n, m = len(scored), len(labelled)
+        parts.append(featurizer.restandardized(take_features(scored, np.arange(n - m, n), labelled)))
+    return parts[0] if len(parts) == 1 else stack_features(parts, events)
 
 
 class Joiner:
@@ -356,15 +373,15 @@ class Joiner:
         # lazily (a compaction below leaves the rows readable): learners read features and labels,
         # and the features of the store's rows are kept (Advance.train_features)
         train_rows = st.rows(slots, labels)
-        labelled = None
         if scored_first:
             train = train_rows.events
         else:
-            labelled = self._labelled
-            train = _concat(train_rows.events, labelled)
+            train = _concat(train_rows.events, self._labelled)
             kinds = np.concatenate([kinds, np.full(n_lab, TRAIN_LABELLED, np.int8)])
-        # observers mostly read times and labels
-        evaluated = _concat(st.events(closing, a["label"][closing], lazy=True), self._labelled)
+        labelled = self._labelled
+        # observers mostly read times and labels; policies learn the final rewards (evaluated_features)
+        evaluated_rows = st.rows(closing, a["label"][closing])
+        evaluated = _concat(evaluated_rows.events, labelled)
         predictions = {
             name: np.concatenate([st.preds[closing, j], self._labelled_preds.get(name, np.zeros(n_lab))])
             for j, name in enumerate(self.learners)
@@ -375,7 +392,18 @@ class Joiner:
         self._new_slots = self._first_now = np.zeros(0, np.int64)
         lag = np.maximum(self.max_ts - fe_ts, 0)
         return Advance(
-            train, kinds, evaluated, predictions, fe_ts, lag, scored_first, scored_kind, train_rows, labelled
+            train,
+            kinds,
+            evaluated,
+            predictions,
+            fe_ts,
+            lag,
+            scored_first,
+            scored_kind,
+            train_rows,
+            evaluated_rows,
+            labelled,
+            labelled_in_train=not scored_first,
         )
 
     def _emit_after_wait(self, due: np.ndarray, parts: list) -> None:

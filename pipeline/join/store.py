@@ -152,18 +152,10 @@ class ExposureStore:
         self.live -= len(slots)
 
     # -- reading --------------------------------------------------------------------------------
-    def events(self, slots: np.ndarray, labels: np.ndarray | None = None, lazy: bool = False) -> EventBatch:
-        """The stored events of ``slots`` (in that order), with ``labels`` in place of theirs.
-
-        ``lazy``: a :class:`StoredEvents` that takes each column only when it is read (closed
-        exposures go to observers that mostly read their times and labels)."""
-        if not len(slots):
-            return EventBatch.empty()
-        stored = self.rows(slots, labels).events
-        return stored if lazy else EventBatch(stored.table)
-
     def rows(self, slots: np.ndarray, labels: np.ndarray | None = None) -> StoredRows:
-        """The rows and features of ``slots`` as they are now (a later compaction leaves them readable)."""
+        """The rows and features of ``slots`` (in that order, with ``labels`` in place of theirs) as
+        they are now: a later compaction leaves them readable. Their events are read lazily
+        (:class:`StoredEvents`: closed exposures go to observers that mostly read times and labels)."""
         rows = _Rows(self._chunks, self._chunk_starts(), np.asarray(slots, dtype=np.int64))
         return StoredRows(rows, [self._features[c] for c, _ in rows.parts], labels)
 
@@ -390,7 +382,7 @@ class StoredEvents(EventBatch):
     """Stored events whose columns are taken from the store's chunks one by one, when first read.
 
     The whole batch (``table``) is taken only when something asks for it; labels may replace the
-    stored ones, as in :meth:`ExposureStore.events`.
+    stored ones, as in :meth:`ExposureStore.rows`.
     """
 
     __slots__ = ("_labels", "_n", "_rows", "_taken", "_whole")
