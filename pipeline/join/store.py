@@ -332,24 +332,25 @@ class _Rows:
             for c in np.flatnonzero(np.diff(cut)).tolist()
         ]
 
-    def _inverse(self) -> pa.Array:
+    def inverse(self) -> np.ndarray:
+        """Where each requested slot is among the sorted ones (when they came unsorted: ``order``)."""
         inverse = np.empty_like(self.order)
         inverse[self.order] = np.arange(len(self.order))
-        return pa.array(inverse)
+        return inverse
 
     def batch(self) -> pa.RecordBatch:
         if not self.parts:
             return EventBatch.empty().table
         parts = [self.chunks[c].take(at) for c, at in self.parts]
         batch = parts[0] if len(parts) == 1 else pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
-        return batch if self.order is None else batch.take(self._inverse())
+        return batch if self.order is None else batch.take(pa.array(self.inverse()))
 
     def column(self, i: int) -> pa.Array:
         if not self.parts:
             return EventBatch.empty().table.column(i)
         parts = [self.chunks[c].column(i).take(at) for c, at in self.parts]
         col = parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
-        return col if self.order is None else col.take(self._inverse())
+        return col if self.order is None else col.take(pa.array(self.inverse()))
 
 
 class StoredRows:
@@ -374,7 +375,7 @@ class StoredRows:
         taken = [take_features(f, np.asarray(at), events) for f, (_, at) in zip(self._features, parts)]
         batch = stack_features(taken, events)
         if self._rows.order is not None:
-            batch = take_features(batch, np.asarray(self._rows._inverse()), events)
+            batch = take_features(batch, self._rows.inverse(), events)
         return featurizer.restandardized(batch)
 
 
