@@ -302,6 +302,36 @@ def test_the_two_level_key_index_joins_as_one_sorted_index(monkeypatch):
     assert once[1]["repeated_exposures"] > 0 and once[1]["attributed"] > 100
 
 
+def test_the_key_index_answers_as_a_list_of_entries_through_adds_merges_closed_markers_and_renumbering():
+    """Each key's newest entry, against plain lists of entries, with every operation a store makes."""
+    from pipeline.join import store
+
+    rng = np.random.default_rng(3)
+    index, ref, slot = store._KeyIndex(), {}, 0
+    index.MERGE_AT = 300
+    pool = rng.integers(0, 2**63, 2_000, dtype=np.uint64)
+    for step in range(60):
+        keys = np.unique(rng.choice(pool, 97))  # sorted; some seen before (reopened)
+        index.add(keys, np.arange(slot, slot + len(keys)))
+        for i, k in enumerate(keys.tolist()):
+            ref.setdefault(k, []).append(slot + i)
+        slot += len(keys)
+        if step % 7 == 3:
+            closed = np.unique(rng.choice(pool, 40))
+            index.add_closed(closed)  # older than every entry there is
+            for k in closed.tolist():
+                ref[k] = [-1, *ref.get(k, [])]
+        if step % 11 == 10:
+            keep = np.sort(rng.choice(slot, slot // 2, replace=False))
+            index = index.renumbered(keep, slot)  # closed markers and dropped slots are forgotten
+            new = {int(s): i for i, s in enumerate(keep)}
+            ref = {k: [new[v] for v in vs if v in new] for k, vs in ref.items()}
+            slot = len(keep)
+        probe = rng.permutation(np.concatenate([pool[:500], rng.integers(0, 2**63, 50, dtype=np.uint64)]))
+        expect = [ref[k][-1] if ref.get(k) else store._ABSENT for k in probe.tolist()]
+        assert index.newest(probe).tolist() == expect
+
+
 @pytest.mark.parametrize("strategy", ["wait", "fake_negative", "es_dfm"])
 def test_the_features_of_stored_exposures_equal_a_fresh_transform_of_what_is_learned(strategy):
     """Kept features, compacted, restored (then featurised again) and beside labelled examples."""

@@ -293,18 +293,20 @@ class Joiner:
         s, ts, v = slots[hit], p["ts"][hit], p["value"][hit]
         order = np.lexsort((ts, s))
         s, ts, v = s[order], ts[order], v[order]
-        uniq, first = np.unique(s, return_index=True)
+        # runs of one slot, each in time order: reductions per run instead of unbuffered ufunc.at
+        first = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))
+        uniq = s[first]
         had = a["n_out"][uniq] > 0
         c["repeated_outcomes"] += int(len(s) - len(uniq) + had.sum())
         rule = self.settings.label
         if rule == "first":
             a["label"][uniq[~had]] = v[first[~had]]
         elif rule == "max":
-            np.maximum.at(a["label"], s, v)
+            a["label"][uniq] = np.maximum(a["label"][uniq], np.maximum.reduceat(v, first))
         else:
-            np.add.at(a["label"], s, v)
-        np.add.at(a["n_out"], s, 1)
-        np.minimum.at(a["first_ts"], s, ts)
+            a["label"][uniq] += np.add.reduceat(v, first)
+        a["n_out"][uniq] += np.diff(np.append(first, len(s))).astype(np.int32)
+        a["first_ts"][uniq] = np.minimum(a["first_ts"][uniq], ts[first])
         return uniq[~had]
 
     # ------------------------------------------------------------------------------ predictions
@@ -339,10 +341,8 @@ class Joiner:
             parts.append((now, a["label"][now], TRAIN_FINAL))
             a["flags"][now] |= EMITTED
         if strategy == "es_dfm":
-            live = st.open_slots()
-            due = live[
-                ((a["flags"][live] & EMITTED) == 0) & (a["ts"][live] + self._elapsed_ms < self.watermark)
-            ]
+            waited = st.open_before(self.watermark - self._elapsed_ms)
+            due = waited[(a["flags"][waited] & EMITTED) == 0]
             self._emit_after_wait(due, parts)
         closing = self._closing()
         if strategy == "wait":
@@ -366,7 +366,9 @@ class Joiner:
                 [np.full(n_new, TRAIN_EARLY, np.int8), np.full(n_lab, TRAIN_LABELLED, np.int8)]
             )
         first_effect = slots[(a["flags"][slots] & LEARNED) == 0]
-        first_effect = np.unique(first_effect)
+        if len(first_effect) > 1:  # (np.unique hashes first: slower at this size)
+            first_effect = np.sort(first_effect)
+            first_effect = first_effect[np.concatenate([[True], first_effect[1:] != first_effect[:-1]])]
         a["flags"][slots] |= LEARNED
         if scored_first:
             slots = slots[n_new:]
@@ -423,18 +425,18 @@ class Joiner:
     def _closing(self) -> np.ndarray:
         """Exposures whose window the watermark has passed, plus the oldest over the bounds."""
         st, a = self.store, self.store.arrays
-        live = st.open_slots()
-        due = a["ts"][live] + self._longest_ms < self.watermark
-        over = st.live - int(due.sum()) - self.settings.max_open
+        due = st.open_before(self.watermark - self._longest_ms)
+        over = st.live - len(due) - self.settings.max_open
         if st.nbytes > self.settings.max_open_bytes and st.size:
             per = st.nbytes / st.size
-            over = max(over, st.live - int(due.sum()) - int(self.settings.max_open_bytes / per))
+            over = max(over, st.live - len(due) - int(self.settings.max_open_bytes / per))
         if over > 0:
-            rest = live[~due]
+            live = st.open_slots()
+            rest = np.setdiff1d(live, due, assume_unique=True)
             oldest = rest[np.argsort(a["ts"][rest], kind="stable")[:over]]
-            due[np.isin(live, oldest)] = True
             self.counters["evicted"] += len(oldest)
-        return live[due]
+            due = np.union1d(due, oldest)
+        return due
 
     def _finish(self, closing: np.ndarray) -> None:
         if not len(closing):
