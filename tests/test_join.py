@@ -423,6 +423,31 @@ def test_concatenated_feature_batches_equal_one_transform_of_both():
     assert joined.events.strings("event_id") == both.events.strings("event_id") == ["a", "b", "c"]
 
 
+def test_rows_taken_from_several_batches_at_once_equal_one_transform_of_their_events():
+    """take_features_parts (the store's read of late positives) against a fresh transform of the
+    same rows: repeats, any order, a numeric feature only one part has, a part without any."""
+    from pipeline.features import FeatureSpec, Featurizer, take_features_parts
+
+    rows_a = [{**_x("a", 0), "features": {"device": "ios", "price": 2.5}}, _x("b", 1, item="k")]
+    rows_b = [{**_x("c", 2), "features": {"hour": 3, "device": "web"}}, _x("d", 3), _x("e", 4, item="q")]
+    fz = Featurizer(FeatureSpec(crosses=(("user_id", "device"),)))
+    a, b = _events(rows_a), _events(rows_b)
+    fa, fb = fz.transform(a), fz.transform(b)
+    picks = [(fa, np.array([1, 0, 1])), (fb, np.array([2, 0])), (fb, np.array([1]))]
+    rows = [rows_a[1], rows_a[0], rows_a[1], rows_b[2], rows_b[0], rows_b[1]]
+    want = fz.transform(_events(rows))
+    got = take_features_parts(picks, want.events)
+    for name in ("indptr", "keys", "values", "user_hash", "item_hash"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    assert sorted(got.numeric) == sorted(want.numeric) == ["hour", "price"]
+    for name in want.numeric:
+        np.testing.assert_array_equal(got.numeric[name], want.numeric[name])
+    for x, y in zip(got.categorical, want.categorical, strict=True):
+        np.testing.assert_array_equal(x, y)
+    only_b = take_features_parts([(fa, np.array([1])), (fb, np.array([1]))], _events([rows_a[1], rows_b[1]]))
+    assert sorted(only_b.numeric) == []  # neither row has a numeric feature: none, as transform
+
+
 def test_the_join_is_in_the_stack_and_its_counts_reach_prometheus():
     from consumers.stack import build_stack
     from pipeline.runner import RawBatch

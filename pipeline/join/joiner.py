@@ -177,13 +177,16 @@ class Joiner:
         self._first_now = np.zeros(0, np.int64)
         self._labelled: EventBatch = EventBatch.empty()
         self._labelled_preds: dict[str, np.ndarray] = {}
+        self._coded: tuple[EventBatch, np.ndarray] | None = None  # (a batch, its _type_codes)
 
     # ---------------------------------------------------------------------------- classification
     def dedup_hashes(self, events: EventBatch) -> np.ndarray:
         """Hashed event ids for deduplication (:meth:`~pipeline.dedup.Deduplicator.filter_hashes`):
         an outcome's is salted, so that it never collides with its exposure's (the same id)."""
         hashes = hash_strings(events.column("event_id"), "event_id")
-        out = np.flatnonzero(self._type_codes(events) >= self._n_exposure_types)
+        code = self._type_codes(events)
+        self._coded = (events, code)  # ingest of the same batch (no duplicate in it) reuses them
+        out = np.flatnonzero(code >= self._n_exposure_types)
         if len(out):
             hashes[out] = combine(hashes[out], _OUTCOME_SALT)
         return hashes
@@ -222,7 +225,8 @@ class Joiner:
     def ingest(self, events: EventBatch) -> Ingested:
         """Open the batch's exposures and attribute its outcomes; see the module docstring."""
         c = self.counters
-        code = self._type_codes(events)
+        coded, self._coded = self._coded, None
+        code = coded[1] if coded is not None and coded[0] is events else self._type_codes(events)
         n_x = self._n_exposure_types
         is_x = (code >= 0) & (code < n_x)
         kind = np.where(code >= n_x, code - n_x, -1)

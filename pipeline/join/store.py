@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from pipeline.events import EventBatch
 from pipeline.events.schema import EVENT_SCHEMA
-from pipeline.features import FeatureBatch, Featurizer, feature_bytes, stack_features, take_features
+from pipeline.features import FeatureBatch, Featurizer, feature_bytes, take_features, take_features_parts
 
 __all__ = ["ALIVE", "CLOSED", "EMITTED", "LEARNED", "NO_TS", "ExposureStore", "StoredEvents", "StoredRows"]
 
@@ -443,9 +443,9 @@ class StoredRows:
         if not parts or any(f is None for f in self._features):
             return featurizer.transform(self.events)
         events = self.events
-        # the parts' events are never read (stack_features reads arrays): the stacked batch gets these
-        taken = [take_features(f, np.asarray(at), events) for f, (_, at) in zip(self._features, parts)]
-        batch = stack_features(taken, events)
+        batch = take_features_parts(
+            [(f, np.asarray(at)) for f, (_, at) in zip(self._features, parts)], events
+        )
         if self._rows.order is not None:
             batch = take_features(batch, self._rows.inverse(), events)
         return featurizer.restandardized(batch)
