@@ -300,15 +300,40 @@ class _KeyIndex:
     array (a stable sort of two sorted runs), merged into the main one in one pass when it holds
     :data:`MERGE_AT` entries; a compaction, which comes about as often, filters and renumbers both
     (:meth:`renumbered`) without sorting. A slot of -1 marks a key remembered as closed.
+
+    A presence filter (one flag per value of a key's top bits, at least 16 flags per entry) lets
+    most keys that have no entry (a batch's new exposures) skip both binary searches: those miss
+    the caches, the filter is read in key order.
     """
 
     MERGE_AT = 65_536
 
-    def __init__(self, keys: np.ndarray | None = None, slots: np.ndarray | None = None):
+    def __init__(
+        self,
+        keys: np.ndarray | None = None,
+        slots: np.ndarray | None = None,
+        new_keys: np.ndarray | None = None,
+        new_slots: np.ndarray | None = None,
+    ):
         self.keys = np.zeros(0, np.uint64) if keys is None else keys
         self.slots = np.zeros(0, np.int64) if slots is None else slots
-        self._new_keys = np.zeros(0, np.uint64)
-        self._new_slots = np.zeros(0, np.int64)
+        self._new_keys = np.zeros(0, np.uint64) if new_keys is None else new_keys
+        self._new_slots = np.zeros(0, np.int64) if new_slots is None else new_slots
+        self._rebuild_filter()
+
+    def _rebuild_filter(self) -> None:
+        n = len(self.keys) + len(self._new_keys)
+        self._shift = np.uint64(64 - max(16, int(16 * n).bit_length()))
+        self._present = np.zeros(1 << (64 - int(self._shift)), bool)
+        self._present[self.keys >> self._shift] = True
+        self._present[self._new_keys >> self._shift] = True
+
+    def _note(self, keys: np.ndarray) -> None:
+        """Flag ``keys`` in the filter (rebuilt larger when it holds fewer than 16 flags per entry)."""
+        if 16 * (len(self.keys) + len(self._new_keys)) > len(self._present):
+            self._rebuild_filter()
+        else:
+            self._present[keys >> self._shift] = True
 
     @staticmethod
     def _search(keys: np.ndarray, slots: np.ndarray, probe: np.ndarray) -> np.ndarray:
@@ -329,6 +354,15 @@ class _KeyIndex:
         return self._newest_sorted(probe)
 
     def _newest_sorted(self, probe: np.ndarray) -> np.ndarray:
+        maybe = np.flatnonzero(self._present[probe >> self._shift])
+        if len(maybe) < len(probe):
+            out = np.full(len(probe), _ABSENT, np.int64)
+            if len(maybe):
+                out[maybe] = self._newest_sorted_all(probe[maybe])
+            return out
+        return self._newest_sorted_all(probe)
+
+    def _newest_sorted_all(self, probe: np.ndarray) -> np.ndarray:
         out = self._search(self._new_keys, self._new_slots, probe)  # newer than every main entry
         miss = np.flatnonzero(out == _ABSENT)
         if len(miss):
@@ -342,6 +376,7 @@ class _KeyIndex:
         order = np.argsort(keys, kind="stable")
         self._new_keys = keys[order]
         self._new_slots = np.concatenate([self._new_slots, slots])[order]
+        self._note(ordered)
         if len(self._new_keys) >= self.MERGE_AT:
             self._merge()
 
@@ -350,6 +385,7 @@ class _KeyIndex:
         if not len(ordered):
             return
         self.keys, self.slots = _merged(ordered, np.full(len(ordered), -1, np.int64), self.keys, self.slots)
+        self._note(ordered)
 
     def _merge(self) -> None:
         self.keys, self.slots = _merged(self.keys, self.slots, self._new_keys, self._new_slots)
@@ -362,9 +398,7 @@ class _KeyIndex:
         remap = np.full(size + 1, -1, np.int64)  # the last: closed markers' (slot -1)
         remap[keep] = np.arange(len(keep))
         main, new = remap[self.slots], remap[self._new_slots]
-        out = _KeyIndex(self.keys[main >= 0], main[main >= 0])
-        out._new_keys, out._new_slots = self._new_keys[new >= 0], new[new >= 0]
-        return out
+        return _KeyIndex(self.keys[main >= 0], main[main >= 0], self._new_keys[new >= 0], new[new >= 0])
 
     def entries(self) -> tuple[np.ndarray, np.ndarray]:
         """Every ``(key, slot)``, sorted by key (merged first)."""
