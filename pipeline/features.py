@@ -178,34 +178,7 @@ def take_features(batch: FeatureBatch, rows: np.ndarray, events: EventBatch | No
     Numeric features that none of the rows has are left out, as ``transform`` leaves them out.
     """
     rows = np.asarray(rows, dtype=np.int64)
-    indptr, entries = _csr_take(batch.indptr, rows)
-    numeric = {}
-    for name, dense in batch.numeric.items():
-        taken = dense[rows]
-        if not np.isnan(taken).all():
-            numeric[name] = taken
-    categorical = None
-    if batch.categorical is not None:
-        cat_rows, names, keys = batch.categorical  # rows ascending, as transform makes them
-        # each taken row's run of entries, found by binary search (no pass over the whole batch)
-        start = np.searchsorted(cat_rows, rows, side="left")
-        cat_indptr, sel = _ranges(start, np.searchsorted(cat_rows, rows, side="right") - start)
-        categorical = (
-            np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(cat_indptr)),
-            names[sel],
-            keys[sel],
-        )
-    return FeatureBatch(
-        events=batch.events.take(rows) if events is None else events,
-        indptr=indptr,
-        keys=batch.keys[entries],
-        values=batch.values[entries],
-        user_hash=batch.user_hash[rows],
-        item_hash=batch.item_hash[rows],
-        numeric=numeric,
-        categorical=categorical,
-        weights=None if batch.weights is None else batch.weights[rows],
-    )
+    return take_features_parts([(batch, rows)], batch.events.take(rows) if events is None else events)
 
 
 def take_features_parts(parts: Sequence[tuple[FeatureBatch, np.ndarray]], events: EventBatch) -> FeatureBatch:
@@ -214,8 +187,6 @@ def take_features_parts(parts: Sequence[tuple[FeatureBatch, np.ndarray]], events
 
     The exposure store reads a batch's late positives from several of its chunks this way; a take
     and a stack cost a few dozen numpy calls per part, more than the rows themselves."""
-    if len(parts) == 1:
-        return take_features(parts[0][0], parts[0][1], events)
     names = sorted(set().union(*(b.numeric for b, _ in parts)))
     counts, keys, values, users, items, weights = [], [], [], [], [], []
     numeric: dict[str, list[np.ndarray]] = {name: [] for name in names}
@@ -227,8 +198,8 @@ def take_features_parts(parts: Sequence[tuple[FeatureBatch, np.ndarray]], events
         rows = np.asarray(rows, dtype=np.int64)
         starts = b.indptr[rows]
         count = b.indptr[rows + 1] - starts
-        _, at = _ranges(starts, count)
         counts.append(count)
+        at = _ranges(starts, count)
         keys.append(b.keys[at])
         values.append(b.values[at])
         users.append(b.user_hash[rows])
@@ -239,44 +210,42 @@ def take_features_parts(parts: Sequence[tuple[FeatureBatch, np.ndarray]], events
         if has_weights:
             weights.append(np.ones(len(rows)) if b.weights is None else b.weights[rows])
         if b.categorical is not None:
-            c_rows, c_names, c_keys = b.categorical
+            c_rows, c_names, c_keys = b.categorical  # rows ascending, as transform makes them
+            # each taken row's run of entries, found by binary search (no pass over the whole batch)
             first = np.searchsorted(c_rows, rows, side="left")
             run = np.searchsorted(c_rows, rows, side="right") - first
-            _, sel = _ranges(first, run)
+            sel = _ranges(first, run)
             cat_rows.append(np.repeat(np.arange(n, n + len(rows), dtype=np.int64), run))
             cat_names.append(c_names[sel])
             cat_keys.append(c_keys[sel])
         n += len(rows)
     indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.concatenate(counts), out=indptr[1:])
-    dense = {name: np.concatenate(v) for name, v in numeric.items()}
-    categorical = None
-    if has_cat:
-        categorical = (np.concatenate(cat_rows), np.concatenate(cat_names), np.concatenate(cat_keys))
+    np.cumsum(_joined(counts), out=indptr[1:])
+    dense = {name: _joined(v) for name, v in numeric.items()}
     return FeatureBatch(
         events=events,
         indptr=indptr,
-        keys=np.concatenate(keys),
-        values=np.concatenate(values),
-        user_hash=np.concatenate(users),
-        item_hash=np.concatenate(items),
+        keys=_joined(keys),
+        values=_joined(values),
+        user_hash=_joined(users),
+        item_hash=_joined(items),
         numeric={name: v for name, v in dense.items() if not np.isnan(v).all()},
-        categorical=categorical,
-        weights=np.concatenate(weights) if has_weights else None,
+        categorical=(_joined(cat_rows), _joined(cat_names), _joined(cat_keys)) if has_cat else None,
+        weights=_joined(weights) if has_weights else None,
     )
 
 
-def _csr_take(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(indptr of the taken rows, their entries' positions)`` of CSR rows (repeats allowed)."""
-    starts = indptr[rows]
-    return _ranges(starts, indptr[rows + 1] - starts)
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    """The arrays one after the other (one of them as it is: a single part is not copied again)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(indptr, positions)`` of the entry ranges ``starts[i] : starts[i] + counts[i]``, one after the other."""
-    out = np.zeros(len(starts) + 1, np.int64)
-    np.cumsum(counts, out=out[1:])
-    return out, np.repeat(starts - out[:-1], counts) + np.arange(out[-1], dtype=np.int64)
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Positions of the entry ranges ``starts[i] : starts[i] + counts[i]``, one after the other."""
+    ends = np.cumsum(counts)
+    return np.repeat(starts - (ends - counts), counts) + np.arange(
+        int(ends[-1]) if len(ends) else 0, dtype=np.int64
+    )
 
 
 def feature_bytes(batch: FeatureBatch) -> int:
