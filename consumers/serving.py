@@ -45,7 +45,7 @@ import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from pipeline.serving.decisions import DecisionLog, exposure_records
-from pipeline.serving.requests import Limits, Request, RequestError, parse_request
+from pipeline.serving.requests import Limits, Request, RequestError, parse_body
 from pipeline.serving.view import ModelView, UnknownModelError, ViewHolder
 
 __all__ = ["ModelBatcher", "ServingOptions", "ServingServer"]
@@ -236,8 +236,8 @@ class ServingServer:
         view = self._view()
         return {"models": view.describe(), "version": view.version.to_dict()}
 
-    async def score(self, body: Any) -> dict:
-        req = parse_request(body, self.options.limits)
+    async def score(self, raw: bytes) -> dict:
+        req = parse_body(raw, self.options.limits)
         view = self._view()
         view.learner(req.model)  # an unknown model is 404 before it joins a batch
         scores = await self.batcher.submit(view, req)
@@ -248,8 +248,8 @@ class ServingServer:
             "version": view.version.to_dict(),
         }
 
-    async def decide(self, body: Any) -> dict:
-        req = parse_request(body, self.options.limits, decide=True)
+    async def decide(self, raw: bytes) -> dict:
+        req = parse_body(raw, self.options.limits, decide=True)
         view = self._view()
         try:
             if view.decides_by_itself(req):
@@ -285,11 +285,7 @@ class ServingServer:
             raw = await self._read_body(headers, receive)
             if endpoint == "noop":  # the transport alone: what benchmarks/serving.py compares with
                 return 200, b"{}", {}
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise _Reply(400, {"error": f"body: not valid JSON ({exc})", "field": "body"}) from None
-            result = await (self.score(body) if endpoint == "score" else self.decide(body))
+            result = await (self.score(raw) if endpoint == "score" else self.decide(raw))
             return 200, orjson.dumps(result), {}
         except RequestError as exc:
             raise _Reply(400, {"error": str(exc), "field": exc.field}) from None

@@ -367,23 +367,50 @@ class Featurizer:
     # -- transform --------------------------------------------------------------------------------
     def transform(self, events: EventBatch) -> FeatureBatch:
         """Features of ``events`` under the current statistics; changes no state."""
-        n = len(events)
         user = hash_strings(events.column("user_id"), "user_id")
         item = hash_strings(events.column("item_id"), "item_id")
-        parts_rows: list[np.ndarray] = []
-        parts_keys: list[np.ndarray] = []
-        parts_vals: list[np.ndarray] = []
+        return self.assemble(events, user, item, self._categorical(events), self._numeric_entries(events))
+
+    def assemble(
+        self,
+        events: EventBatch,
+        user: np.ndarray,
+        item: np.ndarray,
+        categorical: tuple[np.ndarray, np.ndarray, np.ndarray],
+        numeric: dict[str, tuple[np.ndarray, np.ndarray]],
+    ) -> FeatureBatch:
+        """The :class:`FeatureBatch` of ``events`` from their hashed parts (what :meth:`transform` does
+        after hashing): for callers that hash the parts themselves, such as the serving requests,
+        whose candidates share one context (:mod:`pipeline.serving.request_features`).
+
+        Parameters
+        ----------
+        user, item
+            Each row's id hashes.
+        categorical
+            ``(rows, name_hashes, keys)`` of every categorical entry not excluded, row-major, each
+            row's entries in its map's order.
+        numeric
+            Feature name (not excluded) -> ``(rows, raw values)`` of its entries, rows ascending.
+
+        ``events`` are read only for crosses of ``event_type``, ``request_id`` or ``position``.
+        """
+        n = len(user)
+        cat_rows, cat_names, cat_keys = categorical
         rows = np.arange(n, dtype=np.int64)
         ones = np.ones(n, dtype=np.float32)
-        for keys in (np.full(n, BIAS_KEY, dtype=np.uint64), user, item):
-            parts_rows.append(rows)
-            parts_keys.append(keys)
-            parts_vals.append(ones)
-        cat_rows, cat_names, cat_keys = self._categorical(events)
-        parts_rows.append(cat_rows)
-        parts_keys.append(cat_keys)
-        parts_vals.append(np.ones(len(cat_rows), np.float32))
-        numeric = self._numeric(events, parts_rows, parts_keys, parts_vals)
+        parts_rows = [rows, rows, rows, cat_rows]
+        parts_keys = [np.full(n, BIAS_KEY, dtype=np.uint64), user, item, cat_keys]
+        parts_vals = [ones, ones, ones, np.ones(len(cat_rows), np.float32)]
+        dense: dict[str, np.ndarray] = {}
+        for name in sorted(numeric):
+            at, x = numeric[name]
+            column = np.full(n, np.nan)
+            column[at] = x
+            dense[name] = column
+            parts_rows.append(at)
+            parts_keys.append(np.full(len(at), _numeric_key(name), np.uint64))
+            parts_vals.append(self._numeric_values(name, x))
         for a, b in self.spec.crosses:
             r, k = self._cross(events, a, b, user, item, cat_rows, cat_names, cat_keys)
             parts_rows.append(r)
@@ -400,8 +427,8 @@ class Featurizer:
             values=np.concatenate(parts_vals)[order],
             user_hash=user,
             item_hash=item,
-            numeric=numeric,
-            categorical=(cat_rows, cat_names, cat_keys),
+            numeric=dense,
+            categorical=categorical,
         )
 
     def _categorical(self, events: EventBatch):
@@ -420,29 +447,23 @@ class Featurizer:
         keys = combine(name_h, hash_repeated_strings(values, "value"))
         return rows, name_h, keys
 
-    def _numeric(self, events, parts_rows, parts_keys, parts_vals) -> dict[str, np.ndarray]:
+    def _numeric_entries(self, events: EventBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Name -> (rows, raw values) of the numeric entries of ``events`` (excluded names left out)."""
         col = events.column("num_features")
-        offsets = np.asarray(col.offsets, dtype=np.int64)
-        n = len(events)
-        out: dict[str, np.ndarray] = {}
         if len(col.keys) == 0:
-            return out
+            return {}
         import pyarrow.compute as pc
 
-        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+        offsets = np.asarray(col.offsets, dtype=np.int64)
+        rows = np.repeat(np.arange(len(events), dtype=np.int64), np.diff(offsets))
         encoded = pc.dictionary_encode(col.keys)  # a few names over every event: compare small ints
         codes = np.asarray(encoded.indices)
         distinct = encoded.dictionary.to_pylist()
         vals = col.items.to_numpy(zero_copy_only=False).astype(np.float64)
-        for name in sorted(set(distinct) - set(self.spec.exclude)):
+        out = {}
+        for name in set(distinct) - set(self.spec.exclude):
             sel = codes == distinct.index(name)
-            x = vals[sel]
-            dense = np.full(n, np.nan)
-            dense[rows[sel]] = x
-            out[name] = dense
-            parts_rows.append(rows[sel])
-            parts_keys.append(np.full(int(sel.sum()), _numeric_key(name), np.uint64))
-            parts_vals.append(self._numeric_values(name, x))
+            out[name] = (rows[sel], vals[sel])
         return out
 
     def _field_hash(self, events, name, user, item, cat_rows, cat_names, cat_keys):

@@ -150,7 +150,7 @@ def test_a_bandit_decision_served_scores_each_candidate_with_its_own_pair(ckpt, 
     )
     decision = view.decide(req)
     assert decision.policy == "neural_linucb" and len(decision.items) == 2
-    from pipeline.serving.view import request_events
+    from pipeline.serving.request_events import request_events
 
     batch = featurizer.transform(request_events(req, req.item_ids, req.item_features))
     mean = policy.predict_arrays(None, req.item_ids, action_features=policy.pair_features(batch))

@@ -17,8 +17,9 @@ from pipeline.config import load_config
 from pipeline.events import EventRules, decode_json
 from pipeline.join.weights import fake_negative_calibration
 from pipeline.learners.neural.export import exported_inputs, load_exported
+from pipeline.serving.request_events import request_events
 from pipeline.serving.requests import parse_request
-from pipeline.serving.view import ModelView, request_events
+from pipeline.serving.view import ModelView
 from state.snapshot import SnapshotStore
 from tests.test_join_replay import JOIN, delayed_log
 

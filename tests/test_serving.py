@@ -28,8 +28,9 @@ from pipeline.config import config_hash, load_config
 from pipeline.events import EventRules
 from pipeline.runner import Runner
 from pipeline.serving.exploration import ExplorationRule, draw_slate, probabilities
+from pipeline.serving.request_events import request_events
 from pipeline.serving.requests import RequestError, parse_request
-from pipeline.serving.view import ModelVersion, ModelView, ViewHolder, request_events
+from pipeline.serving.view import ModelVersion, ModelView, ViewHolder
 from state.snapshot import SnapshotStore
 from tests.kafka.broker import REPO_ROOT, free_port
 

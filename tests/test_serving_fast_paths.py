@@ -1,23 +1,34 @@
 """Serving's fast paths agree with the slow, obvious ones.
 
-A request's checks run over all candidates at once (``_fast_candidates``) and its events are built
-column by column (``requests_events``); both must give exactly what the field-by-field checks and
-the events decoded from the equivalent JSON records give, on requests with every mix of
-categorical and numeric, shared and own, overlapping and missing features.
+A request's checks run over all candidates at once (``_fast_candidates``), its events are built
+column by column (``requests_events``) and its features hashed per request (``request_features``);
+each must give exactly what the field-by-field checks, the events decoded from the equivalent JSON
+records and the featurizer's own ``transform`` give, on requests with every mix of categorical and
+numeric, shared and own, overlapping and missing features.
 """
 
 from __future__ import annotations
 
 import random
 
+import msgspec
 import numpy as np
 import orjson
 import pytest
 
 from pipeline.events import EventRules, decode_json
 from pipeline.features import FeatureSpec, Featurizer
-from pipeline.serving.requests import Limits, _candidates, _fast_candidates, parse_request
-from pipeline.serving.view import requests_events
+from pipeline.serving.request_events import requests_events
+from pipeline.serving.request_features import request_features
+from pipeline.serving.requests import (
+    Limits,
+    RequestError,
+    _candidates,
+    _decoder,
+    _fast_candidates,
+    parse_body,
+    parse_request,
+)
 
 
 def _features(rng: random.Random, names: list[str]) -> dict:
@@ -170,3 +181,108 @@ def test_a_request_dict_is_not_changed_by_building_its_events():
     assert orjson.dumps(body) == before
     assert len(events) == 6
     np.testing.assert_array_equal(events.column("row").to_numpy(), np.arange(6))
+
+
+def _assert_same_features(got, want, where) -> None:
+    for name in ("indptr", "keys", "values", "user_hash", "item_hash"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=f"{where}: {name}")
+        assert getattr(got, name).dtype == getattr(want, name).dtype, (where, name)
+    assert sorted(got.numeric) == sorted(want.numeric), where
+    for name in want.numeric:
+        np.testing.assert_array_equal(got.numeric[name], want.numeric[name], err_msg=f"{where}: {name}")
+    for a, b in zip(got.categorical, want.categorical):
+        np.testing.assert_array_equal(a, b, err_msg=f"{where}: categorical")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        FeatureSpec(),
+        FeatureSpec(crosses=(("user_id", "device"), ("item_id", "brand"), ("request_id", "item_id"))),
+        FeatureSpec(exclude=("device", "price"), crosses=(("device", "region"),)),
+        FeatureSpec(standardize=False, crosses=(("position", "item_id"), ("event_type", "device"))),
+    ],
+    ids=["plain", "crosses", "exclude", "request-fields"],
+)
+def test_request_features_equal_the_transform_of_the_request_events(spec):
+    rng = random.Random(7)
+    featurizer = Featurizer(spec)
+    warm = _decoded([parse_request(_body(rng, r)) for r in range(30)])
+    featurizer.update(featurizer.transform(warm))  # standardised under statistics, as when serving
+    for trial in range(60):
+        reqs = [parse_request(_body(rng, r)) for r in range(rng.randint(1, 6))]
+        got = request_features(featurizer, reqs)
+        want = featurizer.transform(requests_events([(q, q.item_ids, q.item_features) for q in reqs]))
+        _assert_same_features(got, want, trial)
+        assert len(got.events) == len(want.events)
+        # the deferred events are the request events, built when read
+        assert got.events.column("cat_features").to_pylist() == want.events.column("cat_features").to_pylist()
+        assert got.events.column("event_id").to_pylist() == want.events.column("event_id").to_pylist()
+
+
+def _outcome(parse, *args):
+    try:
+        return parse(*args)
+    except RequestError as exc:
+        return ("error", exc.field, str(exc))
+
+
+_ODD_BODIES = [
+    {"model": "m", "user_id": 7, "candidates": ["a"]},  # an integer user: converted
+    {"model": "m", "user_id": "u", "candidates": [{"item_id": 7}, "b"]},
+    {"model": "m", "user_id": "u", "features": {"flag": True, "gone": None, "n": 3}, "candidates": ["a"]},
+    {"model": "m", "user_id": "u", "candidates": [{"item_id": "a", "features": {"n": 3, "b": False}}]},
+    {"model": "m", "user_id": "u", "candidates": ["a", "a"]},
+    {"model": "m", "user_id": "u", "candidates": ["a", "b"], "k": 3},
+    {"model": "m", "user_id": "u", "candidates": ["a", "b"], "k": True},
+    {"model": "m", "user_id": "u", "candidates": ["a", "b"], "k": 1.0},
+    {"model": "m", "user_id": "u", "candidates": ["a"], "request_id": ""},
+    {"model": "m", "user_id": "u", "candidates": ["a"], "request_id": 12},
+    {"model": "m", "user_id": "u", "candidates": ["a"], "exploration": "softmax"},
+    {"model": "m", "user_id": "u", "candidates": ["a"], "exploration": {"rule": "nope"}},
+    {
+        "model": "m",
+        "user_id": "u",
+        "candidates": ["a"],
+        "exploration": {"rule": "softmax", "temperature": "x"},
+    },
+    {"model": "m", "user_id": "u", "candidates": ["a"], "colour": 1},
+    {"model": "", "user_id": "u", "candidates": ["a"]},
+    {"model": "m", "user_id": "u", "candidates": []},
+    {"model": "m", "user_id": "u", "candidates": [f"i{j}" for j in range(1001)]},
+    {"model": "m", "user_id": "u", "candidates": [{"item_id": "a", "features": {"": 1.0}}]},
+    {"model": "m", "user_id": "u", "candidates": [{"item_id": "a", "features": {"p": [1]}}]},
+    {"model": "m", "user_id": "u" * 300, "candidates": ["a"]},
+    {"model": "m", "user_id": "u", "features": {f"f{j}": 1.0 for j in range(300)}, "candidates": ["a"]},
+    {"model": "m", "candidates": ["a"]},
+    ["not", "an", "object"],
+]
+
+
+@pytest.mark.parametrize("decide", [False, True])
+def test_parse_body_gives_what_parse_request_gives(decide):
+    """The one-pass parser of raw bodies: the same request, or the same error naming the same field."""
+    rng = random.Random(3)
+    bodies = [_body(rng, r) for r in range(300)] + _ODD_BODIES
+    fast = 0
+    for body in bodies:
+        if decide and isinstance(body, dict) and rng.random() < 0.5:
+            body = {**body, "k": 1, "exploration": {"rule": "softmax", "temperature": 0.1}}
+        raw = orjson.dumps(body)
+        assert _outcome(parse_body, raw, Limits(), decide) == _outcome(
+            parse_request, body, Limits(), decide
+        ), body
+        try:
+            _decoder(Limits()).decode(raw)
+            fast += 1
+        except msgspec.ValidationError:
+            pass
+    assert fast > 250  # the usual body takes the one-pass parser
+    for raw in (
+        b'{"model": "m"',
+        b"",
+        b"nan",
+        b'{"model": "m", "user_id": "u", "candidates": ["a"], "k": 1e999}',
+    ):
+        got = _outcome(parse_body, raw)
+        assert got[0] == "error" and got[1] in ("body", "k"), raw

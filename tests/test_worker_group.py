@@ -30,8 +30,8 @@ import pytest
 from consumers.worker.group import group_meta
 from pipeline.config import load_config
 from pipeline.runner import RawBatch, Runner
+from pipeline.serving.request_events import request_events
 from pipeline.serving.requests import parse_request
-from pipeline.serving.view import request_events
 from state.snapshot import SnapshotStore
 from tests.kafka.workers import end_offsets, wait_for, worker_config
 from tests.test_group import assert_sum_state_equal

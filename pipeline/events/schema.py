@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -218,6 +218,40 @@ class ChainedEvents(EventBatch):
         if name not in self._taken:
             self._taken[name] = pa.concat_arrays([p.column(name) for p in self._parts])
         return self._taken[name]
+
+
+class DeferredEvents(EventBatch):
+    """Events that ``build`` makes when something first reads them; their number is known before.
+
+    For batches whose features are computed without their columns (serving requests,
+    :mod:`pipeline.serving.request_features`): a learner that reads only the features never pays for
+    the columns, and one that reads a column gets the same events as if they had been built first.
+
+    >>> events = DeferredEvents(0, EventBatch.empty)
+    >>> len(events), events.label.tolist()
+    (0, [])
+    """
+
+    __slots__ = ("_build", "_built", "_n")
+
+    def __init__(self, n: int, build: Callable[[], EventBatch]):
+        self._n, self._build, self._built = n, build, None
+        self._cache = {}
+
+    @property
+    def table(self) -> pa.RecordBatch:  # type: ignore[override]
+        if self._built is None:
+            table = self._build().table
+            if table.num_rows != self._n:
+                raise ValueError(f"deferred events: {table.num_rows} rows built, {self._n} announced")
+            self._built = table
+        return self._built
+
+    def __len__(self) -> int:
+        return self._n
+
+    def column(self, name: str) -> pa.Array:
+        return self.table.column(name)
 
 
 _EMPTY: pa.RecordBatch | None = None

@@ -24,17 +24,21 @@ pipeline.serving.requests.RequestError: candidates[0].item_id: expected a non-em
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
+import orjson
 
 from pipeline.errors import StreamlearnError
 from pipeline.serving.exploration import RULES, ExplorationRule
 
-__all__ = ["Limits", "Request", "RequestError", "parse_request"]
+__all__ = ["Limits", "Request", "RequestError", "parse_body", "parse_request"]
 
 
 _CANDIDATE_KEYS = frozenset({"item_id", "features"})
@@ -210,28 +214,122 @@ def parse_request(body: Any, limits: Limits | None = None, decide: bool = False)
             "candidates", f"{len(candidates)} items, more than the limit of {limits.max_candidates}"
         )
     ids, feats = _fast_candidates(candidates, limits) or _candidates(candidates, limits)
+    return _request(
+        model,
+        user,
+        ids,
+        feats,
+        body.get("k", 1),
+        body.get("request_id"),
+        body.get("exploration"),
+        limits,
+        decide,
+        lambda: _features(body.get("features"), "features", limits),
+    )
+
+
+def _request(model, user, ids, feats, k, request_id, exploration, limits, decide, features) -> Request:
+    """The checks both parsers share, in :func:`parse_request`'s order; ``features`` gives the
+    checked context features last."""
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dup = next(i for i in ids if i in seen or seen.add(i))
         raise RequestError("candidates", f"item {dup!r} is listed twice")
-    k = body.get("k", 1)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(ids):
         raise RequestError(
             "k", f"expected an integer in [1, {len(ids)}] (the number of candidates), got {k!r}"
         )
-    request_id = body.get("request_id")
     if request_id is not None:
         request_id = _id(request_id, "request_id", limits)
-    exploration = _exploration(body.get("exploration"))
-    if exploration is not None and not decide:
+    rule = _exploration(exploration)
+    if rule is not None and not decide:
         raise RequestError("exploration", "only /v1/decide explores")
     return Request(
         model=model,
         user_id=user,
         item_ids=ids,
-        features=_features(body.get("features"), "features", limits),
+        features=features(),
         item_features=feats,
         k=k,
         request_id=request_id,
-        exploration=exploration,
+        exploration=rule,
+    )
+
+
+_FINITE = msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)  # rejects inf (and NaN)
+
+
+@functools.lru_cache(maxsize=8)
+def _decoder(limits: Limits) -> msgspec.json.Decoder:
+    """A decoder of the usual body under ``limits``: string ids, features of strings and finite
+    numbers, candidates as objects or bare string ids. msgspec checks every field while it parses,
+    in C; whatever it refuses (integer ids, booleans, nulls, a wrong field) is checked again by
+    :func:`parse_request`, which converts it or names the field."""
+    ident = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.max_id_chars)]
+    features = Annotated[
+        dict[Annotated[str, msgspec.Meta(min_length=1)], str | Annotated[float, _FINITE]],
+        msgspec.Meta(max_length=limits.max_features),
+    ]
+    candidate = msgspec.defstruct(
+        "Candidate", [("item_id", ident), ("features", features | None, None)], forbid_unknown_fields=True
+    )
+    body = msgspec.defstruct(
+        "Body",
+        [
+            ("model", Annotated[str, msgspec.Meta(min_length=1)]),
+            ("user_id", ident),
+            (
+                "candidates",
+                Annotated[
+                    list[ident | candidate], msgspec.Meta(min_length=1, max_length=limits.max_candidates)
+                ],
+            ),
+            ("features", features | None, None),
+            ("k", Any, 1),
+            ("request_id", Any, None),
+            ("exploration", Any, None),
+        ],
+        forbid_unknown_fields=True,
+    )
+    return msgspec.json.Decoder(body)
+
+
+def parse_body(raw: bytes, limits: Limits | None = None, decide: bool = False) -> Request:
+    """:func:`parse_request` of a JSON body as it arrives: the same :class:`Request`, or the same
+    :class:`RequestError` (tested), at about a third of the cost.
+
+    The usual body is parsed and checked in one pass by msgspec (:func:`_decoder`); any other
+    goes through ``orjson`` and :func:`parse_request`, which words the error.
+
+    >>> parse_body(b'{"model": "ftrl", "user_id": "u", "candidates": ["a", {"item_id": "b"}]}').item_ids
+    ['a', 'b']
+    >>> parse_body(b'{"model": "ftrl"')
+    Traceback (most recent call last):
+    ...
+    pipeline.serving.requests.RequestError: body: not valid JSON (unexpected end of data: line 1 column 17 (char 16))
+    """
+    limits = limits or Limits()
+    try:
+        body = _decoder(limits).decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        try:
+            decoded = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise RequestError("body", f"not valid JSON ({exc})") from None
+        return parse_request(decoded, limits, decide)
+    candidates = body.candidates
+    ids = [c if type(c) is str else c.item_id for c in candidates]
+    feats = [{} if type(c) is str or c.features is None else c.features for c in candidates]
+    context = body.features
+    return _request(
+        body.model,
+        body.user_id,
+        ids,
+        feats,
+        body.k,
+        body.request_id,
+        body.exploration,
+        limits,
+        decide,
+        lambda: {} if context is None else context,
     )
