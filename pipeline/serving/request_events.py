@@ -45,9 +45,9 @@ class _Entries:
         self.ctx: list[tuple[list[str], list]] = []  # per request: keys, values
         self.own: list[tuple[list[str], list, np.ndarray]] = []  # per request: keys, values, per-row counts
 
-    def add(self, ctx_keys, ctx_values, own_keys, own_values, own_counts: np.ndarray) -> None:
+    def add(self, ctx_keys, ctx_values, own_keys, own_values, own_counts: list[int]) -> None:
         self.ctx.append((ctx_keys, ctx_values))
-        self.own.append((own_keys, own_values, own_counts))
+        self.own.append((own_keys, own_values, np.asarray(own_counts, np.int64)))
 
     def map_array(self, value_type: pa.DataType) -> pa.Array:
         """Row r's map: its request's context entries, then its own (the context's keys first, as
@@ -92,28 +92,27 @@ class _Entries:
 
 
 def own_entries(item_features: list[dict[str, Any]]):
-    """The candidates' own features, flattened: (cat keys, values, counts per row, num keys, values, counts)."""
-    n = len(item_features)
-    if not any(item_features):
-        zero = np.zeros(n, np.int64)
+    """The candidates' own features, flattened: (cat keys, values, counts per row, num keys, values,
+    counts per row), the counts as lists."""
+    counts = list(map(len, item_features))
+    zero = [0] * len(counts)
+    if not any(counts):
         return [], [], zero, [], [], zero
     keys = list(itertools.chain.from_iterable(item_features))
     values = list(itertools.chain.from_iterable(map(dict.values, item_features)))
-    counts = np.fromiter(map(len, item_features), np.int64, n)
     kinds = set(map(type, values))
     if str not in kinds:
-        return [], [], np.zeros(n, np.int64), keys, values, counts
+        return [], [], zero, keys, values, counts
     if kinds == {str}:
-        return keys, values, counts, [], [], np.zeros(n, np.int64)
-    is_cat = np.fromiter((type(v) is str for v in values), bool, len(values))
-    rows = np.repeat(np.arange(n), counts)
-    cat_counts = np.bincount(rows[is_cat], minlength=n)
-    picked = is_cat.tolist()
+        return keys, values, counts, [], [], zero
+    picked = [type(v) is str for v in values]
+    rows = np.repeat(np.arange(len(counts)), counts)
+    cat_counts = np.bincount(rows[np.array(picked)], minlength=len(counts))
     ck = [k for k, c in zip(keys, picked) if c]
     cv = [v for v, c in zip(values, picked) if c]
     nk = [k for k, c in zip(keys, picked) if not c]
     nv = [v for v, c in zip(values, picked) if not c]
-    return ck, cv, cat_counts, nk, nv, counts - cat_counts
+    return ck, cv, cat_counts.tolist(), nk, nv, (np.array(counts) - cat_counts).tolist()
 
 
 @functools.lru_cache(maxsize=64)

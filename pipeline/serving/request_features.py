@@ -37,7 +37,7 @@ from pipeline.hashing import combine, hash_one, hash_repeated_strings, hash_stri
 from pipeline.serving.request_events import own_entries, requests_events, split_features
 from pipeline.serving.requests import Request
 
-__all__ = ["request_features"]
+__all__ = ["item_hashes", "request_features"]
 
 
 @functools.lru_cache(maxsize=1 << 15)
@@ -45,6 +45,34 @@ def _hash(value: str, namespace: str) -> int:
     """:func:`~pipeline.hashing.hash_one`, remembered: users, context values and feature names
     recur from request to request, and one string costs less in Python than an array call."""
     return hash_one(value, namespace)
+
+
+_ITEM_HASHES: dict[str, int] = {}
+_ITEM_HASHES_MAX = 1 << 16
+
+
+def item_hashes(ids: list[str]) -> np.ndarray:
+    """``hash_strings(ids, "item_id")``, with the hashes of recent ids remembered.
+
+    Candidates recur from request to request (they come from one catalogue), and a dictionary
+    lookup per id costs a fraction of hashing it again; the ids not remembered are hashed in one
+    vectorised pass and remembered. The memory is bounded: it starts over when it holds
+    ``2**16`` ids. Safe from several threads (a lookup that misses an id being added hashes it).
+
+    >>> bool((item_hashes(["a", "b", "a"]) == hash_strings(["a", "b", "a"], "item_id")).all())
+    True
+    """
+    known = _ITEM_HASHES
+    out = np.fromiter(map(known.get, ids, itertools.repeat(0)), np.uint64, len(ids))
+    missing = np.flatnonzero(out == 0)  # 0 is no id's hash in practice; it would only be re-hashed
+    if len(missing):
+        names = [ids[i] for i in missing.tolist()]
+        fresh = hash_strings(names, "item_id")
+        out[missing] = fresh
+        if len(known) + len(names) > _ITEM_HASHES_MAX:
+            known.clear()
+        known.update(zip(names, fresh.tolist()))
+    return out
 
 
 class _Entries:
@@ -61,35 +89,33 @@ class _Entries:
         self.ctx_codes: list[int] = []
         self.ctx_values: list = []
         self.ctx_counts: list[int] = []  # per request
-        self.own_codes: list[np.ndarray] = []  # per request
-        self.own_values: list[list] = []  # per request
-        self.own_counts: list[np.ndarray] = []  # per request: per row
+        self.own_codes: list[int] = []
+        self.own_values: list = []
+        self.own_counts: list[int] = []  # per row
 
     def add(
-        self, ctx_keys: list[str], ctx_values: list, own_keys: list[str], own_values: list, counts
+        self, ctx_keys: list[str], ctx_values: list, own_keys: list[str], own_values: list, counts: list[int]
     ) -> None:
         names = self.names
         self.ctx_codes += [names.setdefault(k, len(names)) for k in ctx_keys]
         self.ctx_values += ctx_values
         self.ctx_counts.append(len(ctx_keys))
-        self.own_counts.append(counts)
+        self.own_counts += counts
         if not own_keys:
             return
-        self.own_values.append(own_values)
-        width = int(counts[0])
+        self.own_values += own_values
+        width = counts[0]
         if width and own_keys == own_keys[:width] * len(counts):  # every row names the same features
-            first = [names.setdefault(k, len(names)) for k in own_keys[:width]]
-            self.own_codes.append(np.tile(np.asarray(first, np.int64), len(counts)))
+            self.own_codes += [names.setdefault(k, len(names)) for k in own_keys[:width]] * len(counts)
         else:
-            codes = [names.setdefault(k, len(names)) for k in own_keys]
-            self.own_codes.append(np.asarray(codes, np.int64))
+            self.own_codes += [names.setdefault(k, len(names)) for k in own_keys]
 
     def order(self, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(positions, rows, codes)``: each entry's position among the sources (context values,
         then own values), its row and its name's code, in row-major order."""
         ctx = np.asarray(self.ctx_counts, np.int64)
         ctx_start = np.cumsum(ctx) - ctx
-        own = np.concatenate(self.own_counts)
+        own = np.array(self.own_counts, np.int64)
         own_start = len(self.ctx_values) + np.cumsum(own) - own
         per_row_ctx = np.repeat(ctx, sizes)
         # two ranges per row, interleaved: its request's context entries, then its own
@@ -97,8 +123,7 @@ class _Entries:
         counts = np.stack([per_row_ctx, own], axis=1).ravel()
         at = _ranges(starts, counts)
         rows = np.repeat(np.arange(len(own), dtype=np.int64), per_row_ctx + own)
-        codes = np.concatenate([np.asarray(self.ctx_codes, np.int64), *self.own_codes])
-        return at, rows, codes[at]
+        return at, rows, np.array(self.ctx_codes + self.own_codes, np.int64)[at]
 
     def name_hashes(self) -> np.ndarray:
         """Each coded name's hash as a categorical feature name."""
@@ -116,15 +141,20 @@ def request_features(featurizer: Featurizer, reqs: Sequence[Request]) -> Feature
     n = int(sizes.sum())
     events = DeferredEvents(n, lambda: requests_events(parts))
     users = np.fromiter((_hash(r.user_id, "user_id") for r in reqs), np.uint64, len(reqs))
-    item = hash_strings(list(itertools.chain.from_iterable(r.item_ids for r in reqs)), "item_id")
+    item = item_hashes(list(itertools.chain.from_iterable(r.item_ids for r in reqs)))
     cat, num = _Entries(), _Entries()
     for req in reqs:
-        context, own = req.features, req.item_features
-        if any(own) and context and not context.keys().isdisjoint(itertools.chain.from_iterable(own)):
+        context = req.features
+        ock, ocv, occ, onk, onv, onc = own_entries(req.item_features)
+        if (
+            context
+            and (ock or onk)
+            and not (context.keys().isdisjoint(ock) and context.keys().isdisjoint(onk))
+        ):
             # a candidate's feature overrides the context's of the same name: rows of merged maps
-            own, context = [{**context, **o} for o in own], {}
+            ock, ocv, occ, onk, onv, onc = own_entries([{**context, **o} for o in req.item_features])
+            context = {}
         ck, cv, nk, nv = split_features(context)
-        ock, ocv, occ, onk, onv, onc = own_entries(own)
         cat.add(ck, cv, ock, ocv, occ)
         num.add(nk, nv, onk, onv, onc)
     exclude = featurizer.spec.exclude
@@ -146,8 +176,8 @@ def _categorical(cat: _Entries, sizes: np.ndarray, exclude: tuple[str, ...]):
     # the context's values are few and recur: hashed one by one; the candidates' in one pass
     values = np.fromiter((_hash(v, "value") for v in cat.ctx_values), np.uint64, len(cat.ctx_values))
     if cat.own_values:
-        own = list(itertools.chain.from_iterable(cat.own_values))
-        values = np.concatenate([values, hash_repeated_strings(pa.array(own, pa.string()), "value")])
+        own = hash_repeated_strings(pa.array(cat.own_values, pa.string()), "value")
+        values = np.concatenate([values, own])
     name_h = names[codes]
     keys = combine(name_h, values[at])
     if exclude:
@@ -162,7 +192,7 @@ def _numeric(
     if not num.names:
         return {}
     at, rows, codes = num.order(sizes)
-    x = np.array(num.ctx_values + list(itertools.chain.from_iterable(num.own_values)), np.float64)[at]
+    x = np.array(num.ctx_values + num.own_values, np.float64)[at]
     out = {}
     for name, c in num.names.items():
         if name not in exclude:
