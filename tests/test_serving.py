@@ -448,6 +448,37 @@ def test_concurrent_requests_batched_in_one_model_call_get_their_own_scores(stat
     assert server.batcher.scored == len(bodies) and server.batcher.calls < len(bodies)
 
 
+def test_bandit_decisions_batched_together_are_the_decisions_made_alone(state_dir):
+    """decide_many scores the first slot of all requests of one size in one [g, m] call: a
+    deterministic policy's slates, propensities and scores are those of each request alone."""
+    view = _snapshot_view(state_dir)
+    bodies = [
+        {
+            **BODY,
+            "model": "diag_linucb",
+            "user_id": f"u{i}",
+            "features": {"device": ("ios", "web", "android")[i % 3], "hour": i},
+            "candidates": BODY["candidates"][i % 5 : 3 + i % 5 + i % 4],
+            "k": 1 + i % 3,
+        }
+        for i in range(24)
+    ]
+    reqs = [parse_request(b, decide=True) for b in bodies]
+    together = view.decide_many(reqs)
+    for req, got in zip(reqs, together):
+        alone = view.decide_many([req])[0]
+        assert (got.items, got.positions) == (alone.items, alone.positions)
+        np.testing.assert_allclose(got.propensities, alone.propensities, rtol=1e-12)
+        np.testing.assert_allclose(got.scores, alone.scores, rtol=1e-12)
+        assert len(got.items) == req.k and len(set(got.items)) == req.k
+    # a sampling policy: valid slates with propensities in (0, 1]
+    for req, got in zip(
+        reqs, view.decide_many([parse_request({**b, "model": "linear_ts"}, decide=True) for b in bodies])
+    ):
+        assert len(set(got.items)) == req.k and set(got.items) <= set(req.item_ids)
+        assert all(0 < p <= 1 for p in got.propensities)
+
+
 def test_following_updates_of_a_state_dir_without_group_is_refused_by_name(state_dir, capsys):
     assert main(["serve", "--state-dir", str(state_dir), "--follow-updates", "--port", "0"]) == 2
     err = capsys.readouterr().err

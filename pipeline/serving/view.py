@@ -280,12 +280,30 @@ class ModelView:
         # shared-parameter policies score each candidate with its own item features
         actions = learner.batch_action_features(batch)
         starts = np.cumsum([0] + [len(r.item_ids) for r in reqs])[:-1]
-        out = []
-        for req, start, did in zip(reqs, starts, decision_ids or [None] * len(reqs)):
-            ids = np.asarray(req.item_ids, dtype=object)
-            acts = None if actions is None else actions[start : start + ids.size]
-            chosen, props, scores = self._draw_bandit(learner, contexts[start : start + 1], ids, req.k, acts)
-            out.append(self._decision(req, did, learner.kind, chosen, props, scores))
+        decision_ids = decision_ids or [None] * len(reqs)
+        by_size: dict[int, list[int]] = {}
+        for i, req in enumerate(reqs):
+            by_size.setdefault(len(req.item_ids), []).append(i)
+        out: list[Decision] = [None] * len(reqs)  # type: ignore[list-item]
+        for m, group in by_size.items():
+            # the first slot of every request with m candidates in one call: [g, m] candidates
+            at = starts[group]
+            cells = at[:, None] + np.arange(m)
+            acts = None if actions is None else actions[cells]
+            probs, means = learner.distribution_of_hashes(
+                contexts[at], batch.item_hash[cells], action_features=acts
+            )
+            for j, i in enumerate(group):
+                req, start = reqs[i], int(at[j])
+                chosen, props, scores = self._draw_bandit(
+                    learner,
+                    contexts[start : start + 1],
+                    batch.item_hash[start : start + m],
+                    req.k,
+                    None if actions is None else actions[start : start + m],
+                    first=(probs[j], means[j]),
+                )
+                out[i] = self._decision(req, decision_ids[i], learner.kind, chosen, props, scores)
         return out
 
     def _decision(self, req, decision_id, policy, chosen, props, scores) -> Decision:
@@ -300,12 +318,21 @@ class ModelView:
             version=self.version,
         )
 
-    def _draw_bandit(self, policy: BanditPolicy, contexts: np.ndarray, ids: np.ndarray, k: int, actions=None):
-        remaining = np.arange(ids.size)
+    def _draw_bandit(
+        self, policy: BanditPolicy, contexts: np.ndarray, hashes: np.ndarray, k: int, actions=None, first=None
+    ):
+        """A slate of ``k`` from the candidates whose item-id hashes are ``hashes``, slot by slot;
+        ``first`` is the first slot's ``(probs, means)`` over all of them when already computed."""
+        remaining = np.arange(hashes.size)
         chosen, props, scores = [], [], []
-        for _ in range(k):
-            acts = None if actions is None else actions[remaining]
-            probs, means = policy.distribution(contexts, ids[remaining], action_features=acts)
+        for slot in range(k):
+            if slot == 0 and first is not None:
+                probs, means = first[0][None], first[1][None]
+            else:
+                acts = None if actions is None else actions[remaining]
+                probs, means = policy.distribution_of_hashes(
+                    contexts, hashes[remaining], action_features=acts
+                )
             p = probs[0] / probs[0].sum()
             if np.count_nonzero(p) == 1:
                 pick = int(np.flatnonzero(p)[0])
@@ -315,7 +342,8 @@ class ModelView:
             chosen.append(int(remaining[pick]))
             props.append(float(p[pick]))
             scores.append(float(means[0, pick]))
-            remaining = np.delete(remaining, pick)
+            if slot + 1 < k:
+                remaining = np.delete(remaining, pick)
         return np.array(chosen), np.array(props), np.array(scores)
 
 

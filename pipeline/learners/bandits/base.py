@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,6 +66,21 @@ DEFAULT_DRIFT_DELTA = 0.0005
 #: events the drift watch ignores at first (the learning curve), and after an alarm
 _DRIFT_WARMUP = 1000
 _DRIFT_COOLDOWN = 1000
+
+
+class _OnFirstUse:
+    """A generator made when first drawn from: the deterministic policies never draw, and seeding
+    one costs more than their whole decision."""
+
+    __slots__ = ("_make", "_rng")
+
+    def __init__(self, make: Callable[[], np.random.Generator]):
+        self._make, self._rng = make, None
+
+    def __getattr__(self, name: str):
+        if self._rng is None:
+            self._rng = self._make()
+        return getattr(self._rng, name)
 
 
 class BanditPolicy(Policy):
@@ -444,14 +459,47 @@ class BanditPolicy(Policy):
             (unclipped, as :meth:`predict_arrays`), the reward model of doubly robust estimates.
         """
         X = self._decision_contexts(contexts, candidates)
-        n = X.shape[0]
-        rows = self._candidate_rows(candidates, n)
-        m = rows.shape[-1]
+        return self._distribution_of_rows(
+            X, self._candidate_rows(candidates, X.shape[0]), rng, n_mc, action_features
+        )
+
+    def distribution_of_hashes(
+        self,
+        contexts: np.ndarray,
+        candidate_hashes: np.ndarray,
+        rng: np.random.Generator | None = None,
+        n_mc: int | None = None,
+        action_features=None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`distribution` of candidates given by their item-id hashes (``[m]`` or ``[n, m]``, as
+        :attr:`~pipeline.features.FeatureBatch.item_hash` holds them) instead of their ids: for a
+        caller that has featurized them already (serving), so that no id is hashed twice.
+
+        >>> from pipeline.hashing import hash_strings
+        >>> from pipeline.learners.bandits import DiagLinUCB
+        >>> policy = DiagLinUCB(dim=2)
+        >>> x, ids = np.ones((1, 2)), ["a", "b"]
+        >>> p, m = policy.distribution_of_hashes(x, hash_strings(ids, "item_id"))
+        >>> bool((p == policy.distribution(x, ids)[0]).all())
+        True
+        """
+        X = self._check_contexts(contexts)
+        hashes = np.asarray(candidate_hashes, np.uint64)
+        if hashes.ndim not in (1, 2) or (hashes.ndim == 2 and hashes.shape[0] != X.shape[0]):
+            raise ValueError(
+                f"candidate_hashes must have shape [m] or [n={X.shape[0]}, m], got {hashes.shape}"
+            )
+        return self._distribution_of_rows(
+            X, self._or_spare(self._arms.find(hashes)), rng, n_mc, action_features
+        )
+
+    def _distribution_of_rows(self, X, rows, rng, n_mc, action_features) -> tuple[np.ndarray, np.ndarray]:
+        n, m = X.shape[0], rows.shape[-1]
         if m == 0:
             raise ValueError("candidates must be non-empty")
         if n_mc is not None and not (isinstance(n_mc, (int, np.integer)) and n_mc >= 1):
             raise ValueError(f"n_mc must be an integer >= 1 or None, got {n_mc!r}")
-        rng = rng if rng is not None else self._eval_rng()
+        rng = rng if rng is not None else _OnFirstUse(self._eval_rng)
         X = self._attach_actions(X, action_features, rows)
         probs, means = np.empty((n, m)), np.empty((n, m))
         for sl in row_chunks(n, self._row_cost(m, rows.ndim)):
