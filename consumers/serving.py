@@ -59,6 +59,7 @@ _ROUTES = {
     ("POST", "/v1/noop"): "noop",
 }
 _API_PATHS = {path for _, path in _ROUTES}
+_ENDPOINT_LABELS = {path: path.rsplit("/", 1)[-1] for path in _API_PATHS}
 _OPS_PATHS = ("/healthz", "/readyz", "/metrics")
 _JSON = b"application/json"
 _DRAIN_FACTOR = 8  # an oversized body up to this many times the limit is read and dropped
@@ -208,6 +209,8 @@ class ServingServer:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )
+        self._counted: dict[tuple[str, int], Any] = {}
+        self._timed: dict[str, Any] = {}
         self._socket: socket.socket | None = None
         self._bound_port = 0
         self._uvicorn: uvicorn.Server | None = None
@@ -293,7 +296,10 @@ class ServingServer:
             raise _Reply(404, {"error": str(exc)}) from None
         finally:
             self._inflight -= 1
-            self.latency.labels(endpoint).observe(time.perf_counter() - started)
+            timer = self._timed.get(endpoint)
+            if timer is None:
+                timer = self._timed[endpoint] = self.latency.labels(endpoint)
+            timer.observe(time.perf_counter() - started)
 
     async def _read_body(self, headers: dict[bytes, bytes], receive) -> bytes:
         limit = self.options.max_body_bytes
@@ -341,7 +347,8 @@ class ServingServer:
             status, body, ctype = self._ops(path)
             endpoint = path.lstrip("/")
         else:
-            endpoint = path.rsplit("/", 1)[-1]
+            # labelled by route, never by the raw path: a scan of made-up paths must not grow /metrics
+            endpoint = _ENDPOINT_LABELS.get(path, "other")
             try:
                 status, body, extra = await self._handle(method, path, dict(scope["headers"]), receive)
             except _Reply as reply:
@@ -349,7 +356,10 @@ class ServingServer:
             except Exception as exc:  # a bug must cost one request, never the server
                 log.exception("serving %s failed", path)
                 status, body = 500, orjson.dumps({"error": f"internal error: {exc!r}"})
-            self.requests.labels(endpoint, str(status)).inc()
+            counter = self._counted.get((endpoint, status))
+            if counter is None:  # a metric child per (endpoint, code), looked up once
+                counter = self._counted[(endpoint, status)] = self.requests.labels(endpoint, str(status))
+            counter.inc()
         headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -74,6 +74,19 @@ def test_logged_propensities_are_the_frequencies_of_the_draws(rule):
             assert logged and all(abs(x - p) < 1e-12 for x in logged)
 
 
+def test_a_draw_is_the_index_generator_choice_draws_from_the_same_state():
+    from pipeline.serving.exploration import draw
+
+    rng = np.random.default_rng(5)
+    for seed in range(500):
+        m = int(rng.integers(1, 30))
+        p = rng.random(m) * (rng.random(m) < 0.7)  # zeros among them: never drawn
+        if p.sum() == 0:
+            continue
+        p = p / p.sum()
+        assert draw(p, np.random.default_rng(seed)) == int(np.random.default_rng(seed).choice(p.size, p=p))
+
+
 def test_rule_parameters_are_checked():
     with pytest.raises(ValueError, match="epsilon must be a number in"):
         ExplorationRule("epsilon_greedy", 1.5)
@@ -313,6 +326,21 @@ def test_bad_requests_get_clear_answers_and_never_crash_the_server(serve):
     assert _post(url + "/v1/noop", {"x": 1}) == (200, {})  # the transport alone, for benchmarks
     status, got = _post(url + "/v1/score", {**BODY, "model": "ftrl"})
     assert status == 200 and len(got["scores"]) == 12
+
+
+def test_request_metrics_are_labelled_by_route_never_by_the_raw_path():
+    server = ServingServer(ViewHolder(), port=0).start()
+    try:
+        for i in range(3):
+            assert _get(f"{server.url}/v1/made-up-{i}")[0] == 404
+        assert _post(server.url + "/v1/score", {**BODY, "model": "ftrl"})[0] == 503  # no model yet
+        with urllib.request.urlopen(server.url + "/metrics") as resp:
+            text = resp.read().decode()
+    finally:
+        server.stop()
+    assert 'streamlearn_serving_requests_total{code="404",endpoint="other"} 3.0' in text
+    assert 'streamlearn_serving_requests_total{code="503",endpoint="score"} 1.0' in text
+    assert "made-up" not in text
 
 
 def test_bearer_token_is_required_when_configured(serve, tmp_path):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RULES", "ExplorationRule", "draw_slate", "probabilities"]
+__all__ = ["RULES", "ExplorationRule", "draw", "draw_slate", "probabilities"]
 
 #: rule name -> (its parameter's name, default value)
 RULES: dict[str, tuple[str | None, float | None]] = {
@@ -106,7 +106,23 @@ def draw_slate(
     chosen, props = np.empty(k, np.int64), np.empty(k)
     for j in range(k):
         p = probabilities(rule, s[remaining])
-        pick = int(rng.choice(remaining.size, p=p)) if rule.name != "greedy" else int(np.argmax(p))
+        pick = draw(p, rng) if rule.name != "greedy" else int(np.argmax(p))
         chosen[j], props[j] = remaining[pick], p[pick]
-        remaining = np.delete(remaining, pick)
+        if j + 1 < k:
+            remaining = np.delete(remaining, pick)
     return chosen, props
+
+
+def draw(p: np.ndarray, rng: np.random.Generator) -> int:
+    """One index drawn with probabilities ``p`` (non-negative, summing to 1 up to rounding).
+
+    The inverse-CDF draw ``Generator.choice(len(p), p=p)`` makes, from the same single uniform
+    (so the same index for the same generator state, tested), without its checks of ``p``,
+    which cost more than the draw: callers pass distributions they computed.
+
+    >>> draw(np.array([0.0, 1.0, 0.0]), np.random.default_rng(0))
+    1
+    """
+    cdf = np.cumsum(p)
+    cdf /= cdf[-1]
+    return int(cdf.searchsorted(rng.random(), side="right"))

@@ -30,7 +30,7 @@ from pipeline.features import FeatureSpec, Featurizer
 from pipeline.join.weights import calibrated_scores, calibrates
 from pipeline.learners.bandits.base import BanditPolicy
 from pipeline.learners.base import Learner, StateBundle
-from pipeline.serving.exploration import ExplorationRule, draw_slate
+from pipeline.serving.exploration import ExplorationRule, draw, draw_slate
 from pipeline.serving.request_features import request_features
 from pipeline.serving.requests import Request
 
@@ -338,7 +338,7 @@ class ModelView:
                 pick = int(np.flatnonzero(p)[0])
             else:
                 with self._rng_lock:
-                    pick = int(self._rng.choice(p.size, p=p))
+                    pick = draw(p, self._rng)
             chosen.append(int(remaining[pick]))
             props.append(float(p[pick]))
             scores.append(float(means[0, pick]))
