@@ -23,6 +23,7 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,13 +73,16 @@ class FieldSlots:
         self.dense_names: list[str] = []
         self._cat_hashes = np.zeros(0, np.uint64)
 
-    def cat_slots(self, name_hashes: np.ndarray, names: pa.Array, grow: bool) -> np.ndarray:
-        """Slot of every categorical entry (-1: no slot); with ``grow`` new names take free slots."""
+    def cat_slots(
+        self, name_hashes: np.ndarray, name_of: Callable[[np.uint64], str], grow: bool
+    ) -> np.ndarray:
+        """Slot of every categorical entry (-1: no slot); with ``grow`` new names take free slots,
+        in order of first appearance (``name_of`` gives a new name's string from its hash)."""
         if grow and len(self.cat_names) < self.max_fields and len(name_hashes):
             uniq, first = np.unique(name_hashes, return_index=True)
             new = ~np.isin(uniq, self._cat_hashes)
             for i in np.sort(first[new])[: self.max_fields - len(self.cat_names)].tolist():
-                self.cat_names.append(str(names[i].as_py()))
+                self.cat_names.append(name_of(name_hashes[i]))
                 self._cat_hashes = np.append(self._cat_hashes, name_hashes[i])
         slots = np.full(len(name_hashes), -1, np.int64)
         for s, h in enumerate(self._cat_hashes.tolist()):  # at most max_fields passes
@@ -116,18 +120,35 @@ def _map_entries(col: pa.MapArray) -> tuple[np.ndarray, pa.Array, pa.Array]:
     return rows, col.keys.slice(lo, hi - lo), col.items.slice(lo, hi - lo)
 
 
+def _categorical_entries(batch: FeatureBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, name hashes, keys)`` of the categorical entries the featurizer kept: the batch's
+    own record of them, without reading its events (serving defers those); for a batch made
+    without it, the events' map entries that the featurizer did not exclude."""
+    if batch.categorical is not None:
+        return batch.categorical
+    rows, names, values = _map_entries(batch.events.column("cat_features"))
+    name_h = hash_strings(names, "feature")
+    keys = combine(name_h, hash_strings(values, "value"))
+    keep = np.isin(keys, batch.keys)  # the featuriser dropped excluded features
+    return rows[keep], name_h[keep], keys[keep]
+
+
+def _name_of(batch: FeatureBatch, name_hash: np.uint64) -> str:
+    """The categorical feature name with this hash, read from the batch's events (new names only)."""
+    names = batch.events.column("cat_features").keys
+    return str(names[int(np.flatnonzero(hash_strings(names, "feature") == name_hash)[0])].as_py())
+
+
 def hash_batch(batch: FeatureBatch, slots: FieldSlots, grow: bool) -> HashedBatch:
     """The :class:`HashedBatch` of ``batch``; ``grow`` lets unseen feature names take free slots."""
     n = len(batch)
     cat = np.zeros((n, slots.max_fields), np.uint64)
-    rows, names, values = _map_entries(batch.events.column("cat_features"))
-    if len(rows) and slots.max_fields:
-        name_h = hash_strings(names, "feature")
-        keys = combine(name_h, hash_strings(values, "value"))
-        keep = np.isin(keys, batch.keys)  # the featuriser dropped excluded features
-        slot = slots.cat_slots(name_h[keep], names.filter(pa.array(keep)), grow)
-        ok = slot >= 0
-        cat[rows[keep][ok], slot[ok]] = keys[keep][ok]
+    if slots.max_fields:
+        rows, name_h, keys = _categorical_entries(batch)
+        if len(rows):
+            slot = slots.cat_slots(name_h, lambda h: _name_of(batch, h), grow)
+            ok = slot >= 0
+            cat[rows[ok], slot[ok]] = keys[ok]
     dense = np.zeros((n, slots.max_dense), np.float32)
     for name, s in slots.dense_slots(sorted(batch.numeric), grow).items():
         dense[:, s] = signed_log1p(batch.numeric[name])
