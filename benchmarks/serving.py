@@ -3,7 +3,9 @@
 A state directory is written by a replay of the bundled stream (``ftrl``, ``neural``,
 ``diag_linucb``); a ``streamlearn serve`` replica of it runs as its own process, and this process
 is the client: ``--clients`` threads, each on one keep-alive connection, send the same request for
-``--seconds`` per case. Each case is measured beside, in the same run:
+``--seconds`` per case and round; ``--rounds`` rounds run every case of one size and client count
+in turn, and a row reports the medians of its rounds (its share of the noop: the median of the
+shares within each round). Each case is measured beside, in the same run:
 
 - the **transport ceiling**: ``POST /v1/noop`` on the same server, a body of the same size, a fixed
   answer;
@@ -15,7 +17,7 @@ state directory; the replica swaps it in, and every request must still succeed.
 The client and the server share the machine's cores (2 on the reference machine), so the
 figures are a lower bound of what a server with cores of its own answers.
 
-Usage: ``python benchmarks/serving.py [--seconds S] [--clients 1,8,32] [--candidates 10,100]``;
+Usage: ``python benchmarks/serving.py [--seconds S] [--rounds R] [--clients 1,8,32] [--candidates 10,100]``;
 writes ``benchmarks/results/serving.json``.
 """
 
@@ -25,6 +27,7 @@ import argparse
 import http.client
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -152,8 +155,28 @@ def load(replica: Replica, path: str, body: bytes, clients: int, seconds: float)
         "requests_per_s": len(flat) / wall,
         "failed": sum(failures),
         "versions": sorted(set().union(*versions)),
+        "latencies": flat,
         **percentiles(flat),
     }
+
+
+def _pooled(rounds: list[dict], noops: list[dict] | None = None) -> dict:
+    """One case's rounds as one row: medians of requests/s and server CPU, latency percentiles
+    of every request, and (beside ``noops``, the same rounds' transport) the median of the
+    per-round shares of the noop's requests/s."""
+    out = {
+        "requests": sum(r["requests"] for r in rounds),
+        "requests_per_s": statistics.median(r["requests_per_s"] for r in rounds),
+        "server_cpu_us_per_request": statistics.median(r["server_cpu_us_per_request"] for r in rounds),
+        "failed": sum(r["failed"] for r in rounds),
+        "rounds": len(rounds),
+        **percentiles([x for r in rounds for x in r["latencies"]]),
+    }
+    if noops is not None:
+        out["of_transport"] = statistics.median(
+            r["requests_per_s"] / n["requests_per_s"] for r, n in zip(rounds, noops)
+        )
+    return out
 
 
 def in_process(state: Path, model: str, m: int, n: int = 300) -> dict:
@@ -177,7 +200,8 @@ def in_process(state: Path, model: str, m: int, n: int = 300) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=2.0, help="load per case (default 2)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="load per case and round (default 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every case in turn (default 3)")
     parser.add_argument("--clients", default="1,8,32", help="concurrent clients (default 1,8,32)")
     parser.add_argument("--candidates", default="10,100", help="candidates per request (default 10,100)")
     parser.add_argument("--events", type=int, default=40_000, help="events the served model has learned")
@@ -194,37 +218,43 @@ def main() -> None:
         replica = Replica(state)
         rows = []
         try:
+            cases = [(model, path) for model in LEARNERS for path in ("/v1/score", "/v1/decide")]
             for m in sizes:
                 for c in clients:
-                    noop = load(replica, "/v1/noop", _body("ftrl", m), c, args.seconds)
+                    # rounds of every case in turn, so that each share of the noop compares runs
+                    # of the same minute: this shared machine's speed drifts by 10-30% over minutes
+                    noops: list[dict] = []
+                    runs: dict[tuple[str, str], list[dict]] = {case: [] for case in cases}
+                    for _ in range(args.rounds):
+                        noops.append(load(replica, "/v1/noop", _body("ftrl", m), c, args.seconds))
+                        for model, path in cases:
+                            body = _body(model, m, path.endswith("decide"))
+                            runs[(model, path)].append(load(replica, path, body, c, args.seconds))
+                    noop = _pooled(noops)
                     rows.append(
                         {"endpoint": "noop (transport)", "model": "-", "candidates": m, "clients": c, **noop}
                     )
                     print(f"noop m={m} c={c}: {noop['requests_per_s']:,.0f}/s", file=sys.stderr)
-                    for model in LEARNERS:
-                        for path in ("/v1/score", "/v1/decide"):
-                            got = load(
-                                replica, path, _body(model, m, path.endswith("decide")), c, args.seconds
-                            )
-                            floor = floors[(model, m)]
-                            rows.append(
-                                {
-                                    "endpoint": path,
-                                    "model": model,
-                                    "candidates": m,
-                                    "clients": c,
-                                    **got,
-                                    "of_transport": got["requests_per_s"] / noop["requests_per_s"],
-                                    "p99_over_in_process": got["p99_ms"] / floor["p99_ms"],
-                                    "in_process_p50_ms": floor["p50_ms"],
-                                    "in_process_p99_ms": floor["p99_ms"],
-                                }
-                            )
-                            print(
-                                f"{path} {model} m={m} c={c}: {got['requests_per_s']:,.0f}/s "
-                                f"({rows[-1]['of_transport']:.0%} of noop), p99 {got['p99_ms']:.2f} ms",
-                                file=sys.stderr,
-                            )
+                    for model, path in cases:
+                        got = _pooled(runs[(model, path)], noops)
+                        floor = floors[(model, m)]
+                        rows.append(
+                            {
+                                "endpoint": path,
+                                "model": model,
+                                "candidates": m,
+                                "clients": c,
+                                **got,
+                                "p99_over_in_process": got["p99_ms"] / floor["p99_ms"],
+                                "in_process_p50_ms": floor["p50_ms"],
+                                "in_process_p99_ms": floor["p99_ms"],
+                            }
+                        )
+                        print(
+                            f"{path} {model} m={m} c={c}: {got['requests_per_s']:,.0f}/s "
+                            f"({got['of_transport']:.0%} of noop), p99 {got['p99_ms']:.2f} ms",
+                            file=sys.stderr,
+                        )
             # hot swap under load: a newer snapshot arrives while 8 clients score
             result: dict = {}
             loader = threading.Thread(
