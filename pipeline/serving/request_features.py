@@ -113,16 +113,24 @@ class _Entries:
     def order(self, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(positions, rows, codes)``: each entry's position among the sources (context values,
         then own values), its row and its name's code, in row-major order."""
-        ctx = np.asarray(self.ctx_counts, np.int64)
-        ctx_start = np.cumsum(ctx) - ctx
-        own = np.array(self.own_counts, np.int64)
-        own_start = len(self.ctx_values) + np.cumsum(own) - own
-        per_row_ctx = np.repeat(ctx, sizes)
-        # two ranges per row, interleaved: its request's context entries, then its own
-        starts = np.stack([np.repeat(ctx_start, sizes), own_start], axis=1).ravel()
-        counts = np.stack([per_row_ctx, own], axis=1).ravel()
-        at = _ranges(starts, counts)
-        rows = np.repeat(np.arange(len(own), dtype=np.int64), per_row_ctx + own)
+        n = len(self.own_counts)
+        ctx = np.array(self.ctx_counts, np.int64)
+        if not self.own_values:  # context entries only: each row repeats its request's
+            per_row = np.repeat(ctx, sizes)
+            at = _ranges(np.repeat(np.cumsum(ctx) - ctx, sizes), per_row)
+        elif not self.ctx_values:  # own entries only: the sources are row-major already
+            per_row = np.array(self.own_counts, np.int64)
+            at = np.arange(len(self.own_values))
+        else:  # two ranges per row, interleaved: its request's context entries, then its own
+            own = np.array(self.own_counts, np.int64)
+            per_ctx = np.repeat(ctx, sizes)
+            starts, counts = np.empty(2 * n, np.int64), np.empty(2 * n, np.int64)
+            starts[0::2] = np.repeat(np.cumsum(ctx) - ctx, sizes)
+            starts[1::2] = len(self.ctx_values) + np.cumsum(own) - own
+            counts[0::2], counts[1::2] = per_ctx, own
+            per_row = per_ctx + own
+            at = _ranges(starts, counts)
+        rows = np.repeat(np.arange(n, dtype=np.int64), per_row)
         return at, rows, np.array(self.ctx_codes + self.own_codes, np.int64)[at]
 
     def name_hashes(self) -> np.ndarray:
