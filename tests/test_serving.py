@@ -258,7 +258,7 @@ def serve(state_dir, tmp_path):
 
 @pytest.mark.parametrize("model", ["ftrl", "neural", "diag_linucb"])
 def test_replica_scores_equal_the_snapshot_model_loaded_the_long_way(serve, state_dir, model):
-    server = serve()
+    server = serve("--torch-threads", "2") if model == "neural" else serve()  # any thread count
     status, got = _post(server.url + "/v1/score", {**BODY, "model": model})
     assert status == 200, got
     assert [s["item_id"] for s in got["scores"]] == [c["item_id"] for c in BODY["candidates"]]
