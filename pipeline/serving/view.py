@@ -293,8 +293,23 @@ class ModelView:
             probs, means = learner.distribution_of_hashes(
                 contexts[at], batch.item_hash[cells], action_features=acts
             )
+            # the usual one-item decision, for every request of the group at once: a
+            # deterministic policy's distribution is one-hot, and only the others draw
+            p = probs / probs.sum(axis=1, keepdims=True)
+            one_hot = (np.count_nonzero(p, axis=1) == 1).tolist()
+            best = np.argmax(p, axis=1).tolist()
             for j, i in enumerate(group):
                 req, start = reqs[i], int(at[j])
+                if req.k == 1:
+                    if one_hot[j]:
+                        pick = best[j]
+                    else:
+                        with self._rng_lock:
+                            pick = draw(p[j], self._rng)
+                    out[i] = self._decision(
+                        req, decision_ids[i], learner.kind, [pick], [p[j, pick]], [means[j, pick]]
+                    )
+                    continue
                 chosen, props, scores = self._draw_bandit(
                     learner,
                     contexts[start : start + 1],
