@@ -266,6 +266,9 @@ class ModelView:
 
         A bandit explores with its own rule, so a request naming an exploration rule is a
         ``ValueError``. Each request's context is its first candidate's row, as when it is alone.
+        The first slot of all requests with as many candidates is one ``[g, m]``
+        :meth:`~pipeline.learners.bandits.base.BanditPolicy.distribution_of_hashes` call; a
+        deterministic policy's decisions are then exactly those of each request alone (tested).
         """
         learner = self.learner(reqs[0].model)
         if not isinstance(learner, BanditPolicy) or any(r.model != reqs[0].model for r in reqs):
