@@ -22,6 +22,7 @@ snapshot and then follows the group's model-updates topic, delta by delta
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import sys
 import threading
@@ -236,6 +237,13 @@ def run(args: argparse.Namespace) -> int:
         # measured with benchmarks/serving.py, neural, 100 candidates: 593 vs 377 requests/s for
         # one client, 1,209 vs 1,035 for 8; torch's own threads only trade the cores for tiny ops
         sys.modules["torch"].set_num_threads(args.torch_threads)
+    # Out of the cyclic collector's sight from now on: the ~350k objects of the imported libraries
+    # and the first model, which every full collection would otherwise walk while requests wait
+    # (measured under 32 clients, neural: p99 37 vs 60 ms, 663 vs 839 µs of CPU per request). A
+    # frozen object is still freed by its reference count; only cycles among the first model's
+    # objects outlive its swap, once.
+    gc.collect()
+    gc.freeze()
     decisions = None
     path = args.decisions or config.serving.decisions_path
     topic = args.decisions_topic or config.serving.decisions_topic
