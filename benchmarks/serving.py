@@ -255,19 +255,21 @@ def main() -> None:
                             f"({got['of_transport']:.0%} of noop), p99 {got['p99_ms']:.2f} ms",
                             file=sys.stderr,
                         )
-            # hot swap under load: a newer snapshot arrives while 8 clients score
-            result: dict = {}
-            loader = threading.Thread(
-                target=lambda: result.update(load(replica, "/v1/score", _body("ftrl", 100), 8, 12.0))
-            )
-            loader.start()
-            time.sleep(1.0)
-            _replay(state, 10_000)  # resumes from the snapshot: 10,000 records more
-            loader.join()
+            # hot swap under load: a newer snapshot arrives while 8 clients score. The load goes
+            # on in 2 s spells until 2 s after the replay is done (it runs on the cores the
+            # clients keep busy, so its length varies), then the new snapshot has been served
+            replay = threading.Thread(target=_replay, args=(state, 10_000))  # 10,000 records more
+            spells: list[dict] = [load(replica, "/v1/score", _body("ftrl", 100), 8, 1.0)]
+            replay.start()
+            while replay.is_alive():
+                spells.append(load(replica, "/v1/score", _body("ftrl", 100), 8, 2.0))
+            replay.join()
+            time.sleep(1.0)  # the replica polls every 0.2 s
+            spells.append(load(replica, "/v1/score", _body("ftrl", 100), 8, 2.0))
             swap = {
-                "requests": result["requests"],
-                "failed": result["failed"],
-                "versions_seen": result["versions"],
+                "requests": sum(x["requests"] for x in spells),
+                "failed": sum(x["failed"] for x in spells),
+                "versions_seen": sorted(set().union(*(x["versions"] for x in spells))),
             }
         finally:
             replica.stop()
