@@ -458,12 +458,12 @@ class Featurizer:
         rows = np.repeat(np.arange(len(events), dtype=np.int64), np.diff(offsets))
         encoded = pc.dictionary_encode(col.keys)  # a few names over every event: compare small ints
         codes = np.asarray(encoded.indices)
-        distinct = encoded.dictionary.to_pylist()
         vals = col.items.to_numpy(zero_copy_only=False).astype(np.float64)
         out = {}
-        for name in set(distinct) - set(self.spec.exclude):
-            sel = codes == distinct.index(name)
-            out[name] = (rows[sel], vals[sel])
+        for code, name in enumerate(encoded.dictionary.to_pylist()):
+            if name not in self.spec.exclude:
+                sel = codes == code
+                out[name] = (rows[sel], vals[sel])
         return out
 
     def _field_hash(self, events, name, user, item, cat_rows, cat_names, cat_keys):

@@ -250,9 +250,6 @@ class DeferredEvents(EventBatch):
     def __len__(self) -> int:
         return self._n
 
-    def column(self, name: str) -> pa.Array:
-        return self.table.column(name)
-
 
 _EMPTY: pa.RecordBatch | None = None
 

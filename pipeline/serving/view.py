@@ -296,32 +296,22 @@ class ModelView:
             probs, means = learner.distribution_of_hashes(
                 contexts[at], batch.item_hash[cells], action_features=acts
             )
-            # the usual one-item decision, for every request of the group at once: a
-            # deterministic policy's distribution is one-hot, and only the others draw
+            # the first slot's distributions normalized together; a deterministic policy's are
+            # one-hot, and its pick needs no draw
             p = probs / probs.sum(axis=1, keepdims=True)
             one_hot = (np.count_nonzero(p, axis=1) == 1).tolist()
             best = np.argmax(p, axis=1).tolist()
             for j, i in enumerate(group):
-                req, start = reqs[i], int(at[j])
-                if req.k == 1:
-                    if one_hot[j]:
-                        pick = best[j]
-                    else:
-                        with self._rng_lock:
-                            pick = draw(p[j], self._rng)
-                    out[i] = self._decision(
-                        req, decision_ids[i], learner.kind, [pick], [p[j, pick]], [means[j, pick]]
-                    )
-                    continue
+                start = int(at[j])
                 chosen, props, scores = self._draw_bandit(
                     learner,
                     contexts[start : start + 1],
                     batch.item_hash[start : start + m],
-                    req.k,
+                    reqs[i].k,
                     None if actions is None else actions[start : start + m],
-                    first=(probs[j], means[j]),
+                    first=(p[j], means[j], best[j] if one_hot[j] else None),
                 )
-                out[i] = self._decision(req, decision_ids[i], learner.kind, chosen, props, scores)
+                out[i] = self._decision(reqs[i], decision_ids[i], learner.kind, chosen, props, scores)
         return out
 
     def _decision(self, req, decision_id, policy, chosen, props, scores) -> Decision:
@@ -338,31 +328,31 @@ class ModelView:
 
     def _draw_bandit(
         self, policy: BanditPolicy, contexts: np.ndarray, hashes: np.ndarray, k: int, actions=None, first=None
-    ):
+    ) -> tuple[list[int], list[float], list[float]]:
         """A slate of ``k`` from the candidates whose item-id hashes are ``hashes``, slot by slot;
-        ``first`` is the first slot's ``(probs, means)`` over all of them when already computed."""
+        ``first`` is the first slot's ``(probabilities, means, pick or None)`` over all of them
+        when already computed (the pick where the distribution is one-hot)."""
         remaining = np.arange(hashes.size)
         chosen, props, scores = [], [], []
         for slot in range(k):
             if slot == 0 and first is not None:
-                probs, means = first[0][None], first[1][None]
+                p, mean, pick = first
             else:
                 acts = None if actions is None else actions[remaining]
                 probs, means = policy.distribution_of_hashes(
                     contexts, hashes[remaining], action_features=acts
                 )
-            p = probs[0] / probs[0].sum()
-            if np.count_nonzero(p) == 1:
-                pick = int(np.flatnonzero(p)[0])
-            else:
+                p, mean = probs[0] / probs[0].sum(), means[0]
+                pick = int(np.argmax(p)) if np.count_nonzero(p) == 1 else None
+            if pick is None:
                 with self._rng_lock:
                     pick = draw(p, self._rng)
             chosen.append(int(remaining[pick]))
             props.append(float(p[pick]))
-            scores.append(float(means[0, pick]))
+            scores.append(float(mean[pick]))
             if slot + 1 < k:
                 remaining = np.delete(remaining, pick)
-        return np.array(chosen), np.array(props), np.array(scores)
+        return chosen, props, scores
 
 
 class ViewHolder:
